@@ -1,0 +1,476 @@
+"""Run records: one folder per training run under ``runs/``, written so that a run counts only once complete.
+
+Layout of a record (``runs/<run id>/``)::
+
+    config.json      resolved TrainConfig + PETLConfig, package versions, git commit, device (no hostname)
+    metrics.json     status (complete | failed + reason), dev/test metrics, best dev step, parameter report,
+                     wall time, tokens/s, peak memory
+    history.csv      one row per optimizer step (loss, lr, tokens); dev metrics on the evaluation steps
+    train.ipynb      the executed notebook, when the run came through ``python -m petl sweep``
+
+Method weights go to ``<runs dir>/../.weights/<run id>/`` (git-ignored), written with ``petl.save``.
+
+How a record is made safe against being killed at any moment (SIGKILL, power loss):
+
+1. every file is written into a hidden temporary folder ``runs/.tmp-<run id>-<pid>/`` and fsync'ed;
+2. the folder is renamed into place with one ``os.rename`` (atomic on POSIX), then the parent folder is fsync'ed.
+
+So ``runs/<run id>/`` either does not exist or holds a whole record; hidden folders are never read by
+:func:`load_runs`. Replacing an older record (``force``) first moves the old folder to ``.trash-...``; a kill
+between the two renames leaves no record (the next sweep reruns it), never a mixed one.
+
+Two sweeps on one runs folder coordinate through per-run lock files ``runs/.locks/<run id>.lock`` created with
+``O_CREAT | O_EXCL``; a lock whose process is gone (checked by pid and process start time) is stale and taken over.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+
+# Fields every record must have; a record without them is damaged and skipped.
+REQUIRED_CONFIG_KEYS = ("run_id", "train", "petl")
+REQUIRED_TRAIN_KEYS = ("task", "model", "variant", "seed")
+REQUIRED_METRICS_KEYS = ("status",)
+REQUIRED_COMPLETE_KEYS = ("dev", "test", "best_step", "wall_time_s", "tokens_per_s", "parameters")
+STATUSES = ("complete", "failed")
+
+# Keys of the training configuration that do not change what a run computes; they stay out of its hash.
+_NOT_HASHED = ("runs_dir", "force", "progress", "weights_dir")
+
+
+class RecordError(ValueError):
+    """A run record on disk is damaged (unreadable, truncated, missing a field, non-numeric metric)."""
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the lock of this run."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Naming
+# --------------------------------------------------------------------------------------------------
+
+def config_hash(resolved: dict) -> str:
+    """Short stable hash (8 hex digits) of a resolved configuration dict (train + petl fields)."""
+    def strip(d):
+        return {k: v for k, v in d.items() if k not in _NOT_HASHED}
+    payload = {"train": strip(resolved.get("train", {})), "petl": resolved.get("petl", {})}
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.\-]+", "-", str(text).replace("/", "--")).strip("-")
+
+
+def budget_label(train: dict) -> str:
+    """'300steps' or '3ep' (or 'maxsteps-of-3ep'), from the resolved max_steps / epochs."""
+    steps, epochs = train.get("max_steps"), train.get("epochs")
+    if steps:
+        return f"{int(steps)}steps"
+    if epochs:
+        return f"{epochs:g}ep"
+    return "nobudget"
+
+
+def run_id(resolved: dict) -> str:
+    """Folder name of a run: task_model_variant_seed<k>_<budget>_<hash of the resolved config>."""
+    t = resolved["train"]
+    parts = [t["task"], t["model"], t["variant"], f"seed{t['seed']}", budget_label(t), config_hash(resolved)]
+    return "_".join(_slug(p) for p in parts)
+
+
+def weights_dir(runs_dir: str | os.PathLike, rid: str) -> Path:
+    """Where a run's method weights go: the git-ignored ``.weights/<run id>`` beside the runs folder."""
+    return Path(runs_dir).resolve().parent / ".weights" / rid
+
+
+# --------------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------------
+
+def package_versions() -> dict:
+    """Versions of python and the packages a run depends on."""
+    from importlib import metadata
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "datasets", "accelerate", "tokenizers", "numpy",
+                 "rouge-score", "sacrebleu", "papermill"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> dict:
+    """Commit of the code that ran (and whether the tree had uncommitted changes); None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        return {"commit": sha, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def device_info(device: Any = None, num_processes: int = 1) -> dict:
+    """Hostname-free description of where the run ran."""
+    import torch
+    info = {"device": str(device) if device is not None else "cpu", "num_processes": num_processes,
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic writing
+# --------------------------------------------------------------------------------------------------
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a file through a temporary name in the same folder, fsync, and os.replace it into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _json_default(o):
+    if hasattr(o, "item"):          # numpy / torch scalars
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _dump(obj) -> str:
+    # allow_nan=False: a NaN must never reach a record as a number (failed runs store it as a string).
+    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False) + "\n"
+
+
+def staging_dir(runs_dir: str | os.PathLike, rid: str) -> Path:
+    """A fresh hidden temporary folder for a record being written."""
+    path = Path(runs_dir) / f".tmp-{rid}-{os.getpid()}"
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def write_record(runs_dir: str | os.PathLike, rid: str, config: dict, metrics: dict,
+                 history: list[dict] | None = None, extra_files: dict[str, Path] | None = None,
+                 pause: Any = None) -> Path:
+    """Write a whole record atomically and return its folder.
+
+    ``config`` and ``metrics`` are JSON dicts; ``history`` a list of per-step dicts (-> history.csv);
+    ``extra_files`` maps a file name in the record to an existing file to copy. ``pause`` is a test hook
+    called between writing the files and renaming the folder into place.
+    """
+    import csv
+    if metrics.get("status") not in STATUSES:
+        raise ValueError(f"metrics['status'] must be one of {STATUSES}, got {metrics.get('status')!r}")
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    tmp = staging_dir(runs_dir, rid)
+    files = {"config.json": _dump(config), "metrics.json": _dump(metrics)}
+    if history:
+        columns: list[str] = []
+        for row in history:
+            columns += [k for k in row if k not in columns]
+        import io
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        w.writerows(history)
+        files["history.csv"] = buf.getvalue()
+    for name, text in files.items():
+        with open(tmp / name, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    for name, src in (extra_files or {}).items():
+        shutil.copyfile(src, tmp / name)
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if pause is not None:
+        pause("record")
+    final = runs_dir / rid
+    if final.exists():                       # replacing an older record (force / failed rerun)
+        trash = runs_dir / f".trash-{rid}-{os.getpid()}-{time.time_ns()}"
+        os.rename(final, trash)
+        if pause is not None:
+            pause("replace")
+        os.rename(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(runs_dir)
+    return final
+
+
+def add_file_to_record(record_dir: str | os.PathLike, name: str, src: str | os.PathLike) -> Path:
+    """Copy a file (e.g. the executed notebook) into an existing record atomically."""
+    record_dir = Path(record_dir)
+    tmp = record_dir / f".{name}.tmp-{os.getpid()}"
+    shutil.copyfile(src, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, record_dir / name)
+    _fsync_dir(record_dir)
+    return record_dir / name
+
+
+def clean_stale_temp(runs_dir: str | os.PathLike, rid: str | None = None) -> list[Path]:
+    """Remove ``.tmp-*`` / ``.trash-*`` folders left by processes that no longer run; return what was removed."""
+    removed = []
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return removed
+    for p in runs_dir.iterdir():
+        m = re.match(r"^\.(tmp|trash)-(.+)-(\d+)(-\d+)?$", p.name)
+        if not m or not p.is_dir():
+            continue
+        if rid is not None and m.group(2) != rid:
+            continue
+        if not psutil.pid_exists(int(m.group(3))) or int(m.group(3)) == os.getpid():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------------
+# Locks
+# --------------------------------------------------------------------------------------------------
+
+def _proc_start(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _lock_is_stale(info: dict) -> bool:
+    if info.get("host") != socket.gethostname():
+        return False                      # another machine's process: cannot tell, assume alive
+    start = _proc_start(int(info.get("pid", -1)))
+    return start is None or abs(start - float(info.get("start", 0))) > 1.0
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}                          # half-written by a process killed mid-write
+
+
+@contextlib.contextmanager
+def run_lock(runs_dir: str | os.PathLike, rid: str) -> Iterator[Path]:
+    """Hold ``runs/.locks/<run id>.lock`` for the duration; raise RunLocked if a live process holds it.
+
+    A lock held by one of this process's ancestors (a sweep running this run's notebook) counts as ours.
+    """
+    lock_dir = Path(runs_dir) / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / f"{rid}.lock"
+    me = {"pid": os.getpid(), "start": _proc_start(os.getpid()), "host": socket.gethostname()}
+    for _attempt in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            info = _read_lock(path)
+            if info is None:
+                continue                   # released just now: try again
+            ancestors = {p.pid for p in psutil.Process().parents()}
+            if info and info.get("host") == socket.gethostname() and info.get("pid") in ancestors \
+                    and not _lock_is_stale(info):
+                yield path                 # our parent sweep holds it for us
+                return
+            if info == {}:
+                # Unreadable lock: a writer killed between O_EXCL and write, or one writing right now.
+                age = time.time() - path.stat().st_mtime if path.exists() else 0
+                if age < 5:
+                    raise RunLocked(f"run {rid} is being locked by another process ({path})")
+            elif not _lock_is_stale(info):
+                raise RunLocked(f"run {rid} is locked by live process {info.get('pid')} ({path})")
+            # Stale: take it over by removing and retrying O_EXCL (only one taker wins).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                if _read_lock(path) == json.loads(json.dumps(me)):
+                    os.unlink(path)
+        return
+    raise RunLocked(f"could not take the lock {path}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecordError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RecordError(f"{path}: unreadable JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise RecordError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def read_record(record_dir: str | os.PathLike) -> tuple[dict, dict]:
+    """Read and validate (config, metrics) of one record; raise RecordError naming the bad file."""
+    record_dir = Path(record_dir)
+    config = _load_json(record_dir / "config.json")
+    metrics = _load_json(record_dir / "metrics.json")
+    for key in REQUIRED_CONFIG_KEYS:
+        if key not in config:
+            raise RecordError(f"{record_dir / 'config.json'}: missing field {key!r}")
+    for key in REQUIRED_TRAIN_KEYS:
+        if key not in config["train"]:
+            raise RecordError(f"{record_dir / 'config.json'}: missing field 'train.{key}'")
+    mpath = record_dir / "metrics.json"
+    for key in REQUIRED_METRICS_KEYS:
+        if key not in metrics:
+            raise RecordError(f"{mpath}: missing field {key!r}")
+    if metrics["status"] not in STATUSES:
+        raise RecordError(f"{mpath}: status {metrics['status']!r} is not one of {STATUSES}")
+    if metrics["status"] == "complete":
+        for key in REQUIRED_COMPLETE_KEYS:
+            if key not in metrics:
+                raise RecordError(f"{mpath}: missing field {key!r}")
+        for split in ("dev", "test"):
+            if not isinstance(metrics[split], dict) or not metrics[split]:
+                raise RecordError(f"{mpath}: '{split}' must be a non-empty mapping of metric -> number")
+            for name, value in metrics[split].items():
+                if not _is_number(value):
+                    raise RecordError(f"{mpath}: metric {split}.{name} = {value!r} is not a finite number")
+        for key in ("wall_time_s", "tokens_per_s"):
+            if not _is_number(metrics[key]):
+                raise RecordError(f"{mpath}: {key} = {metrics[key]!r} is not a finite number")
+    if config["run_id"] != record_dir.name:
+        raise RecordError(f"{record_dir / 'config.json'}: run_id {config['run_id']!r} does not match "
+                          f"its folder {record_dir.name!r}")
+    return config, metrics
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def iter_records(runs_dir: str | os.PathLike) -> Iterator[Path]:
+    """Record folders under runs_dir (hidden temporary / trash / lock folders excluded), sorted by name."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return
+    for p in sorted(runs_dir.iterdir()):
+        if p.is_dir() and not p.name.startswith("."):
+            yield p
+
+
+def load_runs(runs_dir: str | os.PathLike = "runs", include_failed: bool = False):
+    """Every complete run under runs_dir as one pandas DataFrame (one row per run).
+
+    Columns: ``run_id``, ``path``, ``status``, the training config flattened (``task``, ``model``,
+    ``variant``, ``seed``, ``lr``, ...), the PETL config as ``petl.<field>``, and the metrics as
+    ``dev.<metric>``, ``test.<metric>``, ``parameters.<key>``, ``wall_time_s``, ``tokens_per_s``, ... .
+    Damaged records are skipped with a warning naming the file; failed runs only with include_failed.
+    """
+    import pandas as pd
+    rows = []
+    for rec in iter_records(runs_dir):
+        try:
+            config, metrics = read_record(rec)
+        except RecordError as e:
+            warnings.warn(f"skipping damaged run record: {e}", stacklevel=2)
+            continue
+        if metrics["status"] != "complete" and not include_failed:
+            continue
+        row = {"run_id": config["run_id"], "path": str(rec)}
+        row.update(_flatten(config["train"]))
+        row.update(_flatten(config["petl"], "petl."))
+        row.update(_flatten({k: v for k, v in metrics.items() if k != "history"}))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.sort_values("run_id").reset_index(drop=True)
+    return df
+
+
+def record_status(runs_dir: str | os.PathLike, rid: str) -> str | None:
+    """'complete', 'failed', 'damaged' or None (no record) for a run id."""
+    rec = Path(runs_dir) / rid
+    if not rec.is_dir():
+        return None
+    try:
+        _, metrics = read_record(rec)
+    except RecordError:
+        return "damaged"
+    return metrics["status"]
+
+
+def is_complete(runs_dir: str | os.PathLike, config: Any) -> bool:
+    """True if runs_dir holds a complete, readable record of this configuration.
+
+    ``config`` is a TrainConfig, a dict of its fields, or a run id string.
+    """
+    if isinstance(config, str):
+        rid = config
+    else:
+        from petl.train import TrainConfig, resolve_run
+        cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
+        rid = resolve_run(cfg)["run_id"]
+    return record_status(runs_dir, rid) == "complete"
