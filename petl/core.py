@@ -1,0 +1,113 @@
+"""`apply`: attach one method of the unified view to a stock transformers model, and freeze the rest."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from petl.config import PETLConfig, resolve
+from petl.methods import adapter, bitfit, lora, prefix, prompt
+from petl.methods.base import Delta
+from petl.sites import find_sites
+
+ATTRIBUTE = "petl"  # the model attribute that holds the method's modules
+
+
+class PETLModules(nn.Module):
+    """Every Delta of one model, with its config. Its state is exactly what `petl.save` stores."""
+
+    def __init__(self, config: PETLConfig, deltas: dict[str, Delta]) -> None:
+        super().__init__()
+        self.config = config
+        self.deltas = nn.ModuleDict({name.replace(".", "-"): delta for name, delta in deltas.items()})
+
+    def attach(self) -> None:
+        for delta in self.deltas.values():
+            delta.attach()
+
+    def detach(self) -> None:
+        for delta in self.deltas.values():
+            delta.detach()
+
+
+def config_of(model: nn.Module) -> PETLConfig | None:
+    """The PETLConfig applied to `model`, or None."""
+    modules = model._modules.get(ATTRIBUTE)
+    return modules.config if isinstance(modules, PETLModules) else None
+
+
+def modules_of(model: nn.Module) -> PETLModules:
+    modules = model._modules.get(ATTRIBUTE)
+    if not isinstance(modules, PETLModules):
+        raise ValueError("this model has no petl method attached; call petl.apply(model, variant) first")
+    return modules
+
+
+def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters of a newly initialised task head: outside the pretrained base model, not the LM head."""
+    base = getattr(model, "base_model", model)
+    if base is model:
+        return {}
+    inside = {id(p) for p in base.parameters()}
+    output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = {id(p) for p in output_embeddings.parameters()} if output_embeddings is not None else set()
+    return {name: p for name, p in model.named_parameters()
+            if id(p) not in inside and id(p) not in tied and not name.startswith(ATTRIBUTE + ".")}
+
+
+def apply(model: nn.Module, variant_or_config: "str | PETLConfig | dict" = "mam", **overrides) -> nn.Module:
+    """Attach a method (a preset name, a dict or a PETLConfig, plus option overrides) to a stock model, in place.
+
+    Every pretrained weight is frozen (unless full_finetune); the method's modules and a newly initialised task
+    head train. Returns the model.
+    """
+    config = resolve(variant_or_config, **overrides)
+    if config_of(model) is not None:
+        raise ValueError("this model already has a petl method; apply one method to a fresh model")
+    if not hasattr(model, "config"):
+        raise TypeError(f"petl.apply needs a transformers PreTrainedModel, got {type(model).__name__}")
+    sites = find_sites(model)
+    deltas: dict[str, Delta] = {}
+    deltas.update(prefix.build(sites, config))
+    deltas.update(prompt.build(model, config))
+    deltas.update(lora.build(sites, config))
+    deltas.update(adapter.build(sites, config))
+    deltas.update(bitfit.build(model, sites, config))
+    modules = PETLModules(config, deltas)
+    model.add_module(ATTRIBUTE, modules)
+    modules.attach()
+    if config.prefix_attention:
+        prefix.register_attention()
+        model.set_attn_implementation(prefix.ATTENTION_NAME)
+    head = {id(p) for p in head_parameters(model).values()}
+    method = {id(p) for p in modules.parameters()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(config.full_finetune or id(parameter) in head or id(parameter) in method)
+    return model
+
+
+def _mergeable(model: nn.Module) -> list[Delta]:
+    deltas = list(modules_of(model).deltas.values())
+    fixed = [type(d).__name__ for d in deltas if not hasattr(d, "merge")]
+    if fixed:
+        raise ValueError(f"only modifications linear in the input (LoRA, BitFit) can be merged; this model has "
+                         f"{sorted(set(fixed))}")
+    return deltas
+
+
+@torch.no_grad()
+def merge(model: nn.Module) -> nn.Module:
+    """Fold LoRA / BitFit updates into the frozen weights (W <- W + s·W_up W_down); hooks then add nothing."""
+    for delta in _mergeable(model):
+        if not delta.merged:
+            delta.merge(+1.0)
+    return model
+
+
+@torch.no_grad()
+def unmerge(model: nn.Module) -> nn.Module:
+    """Undo `merge`: subtract the updates again and let the hooks add them."""
+    for delta in _mergeable(model):
+        if delta.merged:
+            delta.merge(-1.0)
+    return model

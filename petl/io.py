@@ -1,0 +1,118 @@
+"""Save and load only what a method trained: its Delta modules and a new task head, plus the config as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from petl.config import PETLConfig
+from petl.core import ATTRIBUTE, apply, config_of, head_parameters, modules_of
+
+FORMAT = 1
+WEIGHTS, CONFIG = "petl_weights.safetensors", "petl_config.json"
+
+
+def fingerprint(model: nn.Module) -> dict:
+    """What a saved method must match: architecture and sizes of the base model."""
+    config = model.config
+    keys = ("model_type", "hidden_size", "d_model", "n_embd", "num_hidden_layers", "encoder_layers",
+            "decoder_layers", "n_layer", "num_layers", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "encoder_ffn_dim", "vocab_size", "num_labels")
+    found = {key: getattr(config, key, None) for key in keys}
+    return {key: value for key, value in found.items() if isinstance(value, (int, str))}
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    config = config_of(model)
+    if config.full_finetune:
+        named = {f"model.{n}": p for n, p in model.named_parameters() if not n.startswith(ATTRIBUTE + ".")}
+    else:
+        named = {f"{ATTRIBUTE}.{n}": t for n, t in modules_of(model).state_dict().items()}
+        named.update({f"head.{n}": p for n, p in head_parameters(model).items()})
+    return {name: t.detach().to("cpu").contiguous() for name, t in named.items()}
+
+
+def save(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write the method's weights (safetensors) and config (JSON) to `directory`, atomically."""
+    config = config_of(model)
+    if config is None:
+        raise ValueError("this model has no petl method attached; nothing to save")
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save_file(_tensors(model), staging / WEIGHTS)
+        meta = dict(format=FORMAT, petl=config.to_dict(), base_model=fingerprint(model))
+        (staging / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        for path in staging.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def read_config(directory: str | os.PathLike) -> tuple[PETLConfig, dict]:
+    """The PETLConfig and base-model fingerprint saved in `directory`."""
+    path = Path(directory) / CONFIG
+    try:
+        meta = json.loads(path.read_text())
+        return PETLConfig.from_dict(meta["petl"]), meta["base_model"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: {directory} is not a directory written by petl.save") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is damaged or not a petl config ({error})") from None
+
+
+def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Attach (if needed) and load a saved method into a stock model of the same architecture and size."""
+    config, saved = read_config(directory)
+    current = fingerprint(model)
+    differences = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
+    if differences:
+        detail = ", ".join(f"{k}: saved {a!r} vs model {b!r}" for k, a, b in
+                           sorted((k, *v) for k, v in differences.items()))
+        raise ValueError(f"the method in {directory} was trained on another base model ({detail})")
+    attached = config_of(model)
+    if attached is None:
+        apply(model, config)
+    elif attached != config:
+        raise ValueError(f"this model already carries a different petl method ({attached.variant}); load into a "
+                         f"fresh model")
+    tensors = load_file(Path(directory) / WEIGHTS)
+    if config.full_finetune:
+        state = {n[len("model."):]: t for n, t in tensors.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"{directory} holds weights this model does not have: {unexpected[:5]}")
+        return model
+    modules = modules_of(model)
+    state = {n[len(ATTRIBUTE) + 1:]: t for n, t in tensors.items() if n.startswith(ATTRIBUTE + ".")}
+    try:
+        modules.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"the method in {directory} does not fit this model: {error}") from None
+    head = head_parameters(model)
+    saved_head = {n[len("head."):]: t for n, t in tensors.items() if n.startswith("head.")}
+    if set(saved_head) != set(head):
+        raise ValueError(f"task head mismatch: saved {sorted(saved_head)}, model has {sorted(head)}")
+    with torch.no_grad():
+        for name, tensor in saved_head.items():
+            if head[name].shape != tensor.shape:
+                raise ValueError(f"task head {name}: saved shape {tuple(tensor.shape)}, model {tuple(head[name].shape)}")
+            head[name].copy_(tensor)
+    return model

@@ -1,0 +1,45 @@
+"""BitFit (Ben Zaken et al., 2021): train only the bias terms.
+
+In the unified view a bias update is the simplest Δh: a learned vector added to a module's output,
+h <- h + Δb, parallel and input-independent. Training Δb is exactly training the bias b + Δb, and `merge`
+folds it into b.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from petl.methods.base import Delta
+from petl.sites import Sites
+
+
+class BiasDelta(Delta):
+    """h <- h + Δb at one biased module (linear, Conv1D or LayerNorm)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = [module]  # a list keeps the stock module out of this module's parameters
+        self.bias = nn.Parameter(torch.zeros_like(module.bias))
+
+    def attach(self) -> None:
+        self.add_output_hook(self.module[0], lambda inputs, output: self.bias)
+
+    def paper_count(self) -> int:
+        return self.bias.numel()
+
+    @torch.no_grad()
+    def merge(self, sign: float = 1.0) -> None:
+        self.module[0].bias += sign * self.bias.to(self.module[0].bias.dtype)
+        self.merged = sign > 0
+
+
+def build(model: nn.Module, sites: Sites, config) -> dict[str, Delta]:
+    """One BiasDelta per biased module of the backbone (task heads train fully anyway)."""
+    if config.attn_mode != "bitfit":
+        return {}
+    deltas = {f"{name}.bitfit": BiasDelta(module) for name, module in model.base_model.named_modules()
+              if isinstance(getattr(module, "bias", None), nn.Parameter) and module.bias.dim() == 1}
+    if not deltas:
+        raise ValueError(f"BitFit needs bias terms, and this {model.config.model_type} model has none")
+    return deltas

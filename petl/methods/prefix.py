@@ -1,0 +1,209 @@
+"""Prefix tuning (Li & Liang, 2021) and its relatives, at the head-attention site.
+
+Eq. 7 of the paper: with l prefix vectors P_k, P_v prepended to the keys and values of one head,
+
+    head = Attn(x W_q, concat(P_k, C W_k), concat(P_v, C W_v))
+         = (1 - λ(x)) · Attn(x W_q, C W_k, C W_v) + λ(x) · softmax(x W_q P_kᵀ) P_v
+    λ(x) = Σ_i exp(x W_q P_kᵀ)_i / (Σ_i exp(x W_q P_kᵀ)_i + Σ_j exp(x W_q W_kᵀ Cᵀ)_j)
+
+attn_option picks the form (reference option names):
+    concat           the left side: prefix tuning itself
+    cross_attn_noln  the right side's two terms computed separately; composed by 'gate_add' (λ above) or 'add'
+    cross_attn       as cross_attn_noln with a learned LayerNorm on the prefix query (per head)
+    cross_attn_relu  ReLU(x W_q P_kᵀ) P_v added per head: the multi-head parallel adapter (Table 1)
+
+Prefixes are separate for encoder self-attention, decoder self-attention and cross-attention, each produced by
+its own re-parameterisation MLP (attn_mode='prefix': embedding l×d -> Linear(d, mid_dim) -> tanh ->
+Linear(mid_dim, 2·L·d_kv)) or learned directly (attn_mode='prefix_nomlp'). Under grouped-query attention a prefix
+has one key/value per key/value head.
+
+The prefix is NOT passed as past_key_values: a function registered in transformers' attention-function registry
+receives each attention module and prepends that layer's prefix there, so caches and beam search are untouched.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from petl.methods.base import Delta
+from petl.sites import AttentionSite, Sites
+
+ATTENTION_NAME = "petl"
+_GROUP_OF = weakref.WeakKeyDictionary()  # attention module -> (PrefixGroup, layer index)
+
+
+class PrefixGroup(Delta):
+    """The prefixes of one attention type (encoder self, decoder self or cross) for all its layers."""
+
+    def __init__(self, sites: list[AttentionSite], length: int, mlp: bool, mid_dim: int, dropout: float,
+                 option: str, composition: str) -> None:
+        super().__init__()
+        site = sites[0]
+        self.modules_ = [s.module for s in sites]  # a list keeps stock modules out of this module's parameters
+        self.layers, self.length = len(sites), length
+        self.kv_heads, self.head_dim, self.heads = site.num_kv_heads, site.head_dim, site.num_heads
+        self.option, self.composition = option, composition
+        weight = site.q.module.weight
+        kw = dict(device=weight.device, dtype=weight.dtype)
+        out = self.layers * 2 * self.kv_heads * self.head_dim
+        if mlp:
+            self.embedding = nn.Parameter(torch.randn(length, site.hidden, **kw))
+            self.mlp = nn.Sequential(nn.Linear(site.hidden, mid_dim, **kw), nn.Tanh(), nn.Linear(mid_dim, out, **kw))
+        else:
+            self.prefix = nn.Parameter(torch.randn(length, out, **kw) * 0.02)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.query_norm = nn.LayerNorm(self.head_dim, **kw) if option == "cross_attn" else None
+        self._cache: tuple | None = None
+        self.record: dict | None = None  # set to a dict to record λ per layer (petl.inspect.gates)
+
+    def all_prefixes(self) -> torch.Tensor:
+        """[layers, 2, kv_heads, length, head_dim]: P_k and P_v of every layer (the MLP folded)."""
+        flat = self.mlp(self.embedding) if hasattr(self, "mlp") else self.prefix
+        flat = self.dropout(flat)
+        return flat.view(self.length, self.layers, 2, self.kv_heads, self.head_dim).permute(1, 2, 3, 0, 4)
+
+    def layer_prefix(self, layer: int) -> torch.Tensor:
+        """P_k, P_v of one layer. The MLP runs once per forward pass: layer 0 always comes first, so it
+        recomputes there when gradients flow; under no_grad the result is kept until a parameter changes."""
+        key = (tuple(p._version for p in self.parameters()), self.training)
+        if self._cache is None or self._cache[0] != key or (layer == 0 and torch.is_grad_enabled()):
+            self._cache = (key, self.all_prefixes())
+        return self._cache[1][layer]
+
+    def attach(self) -> None:
+        for layer, module in enumerate(self.modules_):
+            _GROUP_OF[module] = (self, layer)
+
+    def detach(self) -> None:
+        for module in self.modules_:
+            _GROUP_OF.pop(module, None)
+
+    def stored_count(self) -> int:
+        return 2 * self.layers * self.length * self.kv_heads * self.head_dim + sum(
+            p.numel() for p in (self.query_norm.parameters() if self.query_norm is not None else ()))
+
+    def paper_count(self) -> int:
+        return 2 * self.layers * self.length * self.kv_heads * self.head_dim
+
+
+def _bool_mask(mask: torch.Tensor | None, query: torch.Tensor, key_len: int, causal: bool) -> torch.Tensor | None:
+    """The model's mask over its own keys as booleans (True = may attend), or None for 'everything'."""
+    if mask is not None:
+        mask = mask[..., :key_len]
+        return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    q_len = query.shape[2]
+    if not causal or q_len == 1:
+        return None
+    past = key_len - q_len  # query i sits at absolute position past + i
+    return torch.ones(q_len, key_len, dtype=torch.bool, device=query.device).tril(past)[None, None]
+
+
+def _is_causal(module: nn.Module, kwargs: dict) -> bool:
+    causal = kwargs.get("is_causal")
+    return bool(getattr(module, "is_causal", False) if causal is None else causal)
+
+
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """Repeat key/value heads for grouped-query attention: [kv, ...] -> [heads, ...]."""
+    return t if t.shape[0] == heads else t.repeat_interleave(heads // t.shape[0], dim=0)
+
+
+def _attention_with_logsumexp(query, key, value, mask, scaling, dropout, training, position_bias=None):
+    """Plain attention that also returns log Σ_j exp(score_j), the normaliser Eq. 7's gate needs."""
+    heads = query.shape[1]
+    key, value = _heads(key.transpose(0, 1), heads).transpose(0, 1), _heads(value.transpose(0, 1), heads).transpose(0, 1)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if position_bias is not None:
+        scores = scores + position_bias[..., :key.shape[2]]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    probs = torch.exp(scores - lse.clamp_min(torch.finfo(scores.dtype).min)).nan_to_num(0.0)
+    probs = nn.functional.dropout(probs, p=dropout, training=training)
+    return torch.matmul(probs, value), lse
+
+
+def petl_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The attention function registered as 'petl': stock SDPA plus this layer's prefix, if it has one.
+
+    query: [batch, heads, q_len, head_dim]; key, value: [batch, kv_heads, k_len, head_dim]. Returns the
+    attention output as [batch, q_len, heads, head_dim] and no weights, like transformers' SDPA function.
+    """
+    entry = _GROUP_OF.get(module)
+    if entry is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    group, layer = entry
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    prefix = group.layer_prefix(layer).to(query.dtype)
+    batch, heads = query.shape[0], query.shape[1]
+    p_k, p_v = prefix[0], prefix[1]  # [kv_heads, l, head_dim]
+    causal = _is_causal(module, kwargs)
+    mask = _bool_mask(attention_mask, query, key.shape[2], causal)
+    position_bias = kwargs.pop("position_bias", None)
+
+    if group.option == "concat" and group.record is None:
+        # Prefix tuning as published: concatenate P_k, P_v in front of the keys and values (left side of Eq. 7).
+        key = torch.cat([p_k.unsqueeze(0).expand(batch, -1, -1, -1), key], dim=2)
+        value = torch.cat([p_v.unsqueeze(0).expand(batch, -1, -1, -1), value], dim=2)
+        if mask is not None:  # every query may attend to every prefix position
+            mask = torch.cat([mask.new_ones(*mask.shape[:-1], group.length), mask], dim=-1)
+        if position_bias is not None:
+            position_bias = nn.functional.pad(position_bias[..., :key.shape[2] - group.length], (group.length, 0))
+            kwargs["position_bias"] = position_bias
+        kwargs["is_causal"] = False
+        return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+
+    # Separate prefix attention (right side of Eq. 7): softmax(x W_q P_kᵀ) P_v, or ReLU(...) for the MH adapter.
+    prefix_query = group.query_norm(query) if group.query_norm is not None else query
+    prefix_scores = torch.matmul(prefix_query, _heads(p_k, heads).transpose(-1, -2)) * scaling  # [b, h, q, l]
+    p_v = _heads(p_v, heads)
+    if group.option == "cross_attn_relu":
+        prefix_out = torch.matmul(torch.relu(prefix_scores), p_v)
+    else:
+        prefix_out = torch.matmul(torch.softmax(prefix_scores, dim=-1), p_v)
+
+    training = module.training
+    if group.composition == "gate_add" or group.record is not None:
+        main_out, main_lse = _attention_with_logsumexp(query, key, value, mask, scaling, dropout, training,
+                                                       position_bias)
+        gate = torch.sigmoid(torch.logsumexp(prefix_scores, dim=-1, keepdim=True) - main_lse)  # λ(x) of Eq. 7
+        if group.record is not None:
+            group.record[layer] = gate.squeeze(-1).detach()
+    else:
+        if position_bias is not None:
+            kwargs["position_bias"] = position_bias
+        main_out = sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout,
+                                          **kwargs)[0].transpose(1, 2)
+        gate = None
+    if group.option == "concat" or group.composition == "gate_add":
+        out = (1 - gate) * main_out + gate * prefix_out  # h <- (1 - λ) h + λ Δh
+    else:
+        out = main_out + prefix_out  # h <- h + Δh
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> None:
+    """Make 'petl' a valid attention implementation, with SDPA's mask function (masks are then built as usual)."""
+    AttentionInterface.register(ATTENTION_NAME, petl_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def build(sites: Sites, config) -> dict[str, Delta]:
+    """One PrefixGroup per attention type for attn_mode 'prefix' / 'prefix_nomlp'."""
+    if config.attn_mode not in ("prefix", "prefix_nomlp"):
+        return {}
+    deltas: dict[str, Delta] = {}
+    for kind in ("encoder", "decoder", "cross"):
+        group = [s for s in sites.attention if s.kind == kind]
+        if group:
+            deltas[f"prefix_{kind}"] = PrefixGroup(
+                group, config.attn_bn, config.attn_mode == "prefix", config.mid_dim, config.prefix_dropout,
+                config.attn_option, config.attn_composition)
+    return deltas
