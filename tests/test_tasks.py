@@ -1,0 +1,284 @@
+"""Tasks: registry, builders (on small synthetic assets in the real layout, and on the real assets when
+they are in the cache), split hygiene, caching, hub failure offline, lead baseline."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import dataclasses
+import io
+import json
+import time
+
+import pytest
+
+from petl import tasks
+
+# ---- registry ----
+
+
+def test_registry_names_and_kinds():
+    assert set(tasks.TASKS) == {"rt-polarity", "vitaminc", "bbc-xsum", "sst2", "mnli", "xsum", "wmt16-en-ro"}
+    for name, spec in tasks.TASKS.items():
+        assert spec.name == name
+        assert spec.primary_metric in spec.metrics
+        assert {"train", "validation", "test"} <= set(spec.splits)
+        if spec.is_embedded:
+            assert spec.stands_in_for in tasks.TASKS and spec.stand_in is None
+        else:
+            assert spec.hub
+            if spec.stand_in is not None:
+                stand_in = tasks.TASKS[spec.stand_in]
+                assert stand_in.is_embedded and stand_in.kind == spec.kind
+                assert stand_in.num_labels == spec.num_labels
+    assert tasks.TASKS["wmt16-en-ro"].stand_in is None
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(ValueError) as e:
+        tasks.get_task("sst-2")
+    assert "'sst-2'" in str(e.value)
+    for name in tasks.TASKS:
+        assert name in str(e.value)
+    with pytest.raises(ValueError, match="unknown task"):
+        tasks.load_task("glue")
+
+
+def test_paper_generation_and_training_defaults():
+    xsum, enro = tasks.TASKS["xsum"], tasks.TASKS["wmt16-en-ro"]
+    assert xsum.generate_kwargs("encoder-decoder") == {
+        "num_beams": 6, "min_length": 10, "max_length": 60, "no_repeat_ngram_size": 3, "early_stopping": True}
+    assert (xsum.max_source_length, xsum.max_target_length) == (512, 128)
+    assert enro.generate_kwargs("encoder-decoder")["num_beams"] == 5
+    assert enro.generate_kwargs("encoder-decoder")["max_length"] == 200
+    assert enro.romanian_postprocess
+    # a decoder reads the prompt too: the same numbers count new tokens
+    dec = tasks.TASKS["bbc-xsum"].generate_kwargs("decoder")
+    assert dec["max_new_tokens"] == 48 and dec["min_new_tokens"] == 10 and "max_length" not in dec
+    with pytest.raises(ValueError, match="family"):
+        xsum.generate_kwargs("encoder")
+    with pytest.raises(ValueError, match="generation tasks"):
+        tasks.TASKS["sst2"].generate_kwargs("decoder")
+    # Table 8
+    glue, xs, ro = tasks.TASKS["sst2"].train, xsum.train, enro.train
+    assert (glue.lr, glue.batch_size, glue.label_smoothing, glue.max_grad_norm, glue.weight_decay,
+            glue.warmup_ratio, glue.paper_epochs) == (1e-4, 32, 0.0, 1.0, 0.1, 0.06, 10)
+    assert (xs.lr, xs.label_smoothing, xs.max_grad_norm, xs.weight_decay, xs.warmup_ratio,
+            xs.paper_steps) == (5e-5, 0.1, 0.1, 0.01, 0.0, 100_000)
+    assert (ro.lr, ro.label_smoothing, ro.max_grad_norm, ro.adam_betas, ro.paper_steps) == (
+        5e-5, 0.1, 1.0, (0.9, 0.98), 50_000)
+    assert tasks.TASKS["mnli"].splits["test"] == 9815  # the full matched dev set
+
+
+def test_taskspec_validates():
+    with pytest.raises(ValueError, match="kind"):
+        dataclasses.replace(tasks.TASKS["sst2"], kind="regression")
+    with pytest.raises(ValueError, match="primary_metric"):
+        dataclasses.replace(tasks.TASKS["sst2"], primary_metric="f1")
+
+
+# ---- synthetic assets in the real layout ----
+
+
+def _write_rt(folder, rows):
+    folder.mkdir(parents=True)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["category", "text", "movie_name", "has_plot_and_reviews"])
+    w.writerows(rows)
+    (folder / "rotten_tomatoes_corpus_full.csv.bz2").write_bytes(bz2.compress(buf.getvalue().encode()))
+
+
+def _write_bigbench(folder, vitaminc, xsum_pairs):
+    (folder / "vitaminc_fact_verification").mkdir(parents=True)
+    (folder / "gem/xsum").mkdir(parents=True)
+    examples = [{"input": f"{page}: {ev}\nClaim: {claim}",
+                 "target_scores": {k: int(k == lab) for k in ("True", "False", "Neither")}}
+                for page, ev, claim, lab in vitaminc]
+    (folder / "vitaminc_fact_verification/task.json").write_text(json.dumps({"examples": examples}))
+    (folder / "gem/xsum/task.json").write_text(json.dumps(
+        {"examples": [{"input": s, "target": t, "comment": ""} for s, t in xsum_pairs]}))
+
+
+def _write_bbc(folder, articles):
+    for i, (topic, title, lead, body, encoding) in enumerate(articles):
+        d = folder / "bbcnews" / topic
+        d.mkdir(parents=True, exist_ok=True)
+        text = f"{title}\n\n{lead}\n\n" + "\n\n".join(body) + "\n"
+        (d / f"{i:03d}.txt").write_bytes(text.encode(encoding))
+
+
+@pytest.fixture()
+def fake_assets(tmp_path, monkeypatch):
+    """Small assets with duplicates, plot lines, a cp1252 file, and split sizes shrunk to fit them."""
+    rt = [["plot", f"A synopsis line {i}.", "M", "True"] for i in range(5)]
+    rt += [["fresh" if i % 3 else "rotten", f"Review sentence number {i} is here.", f"M{i % 7}", "True"]
+           for i in range(40)]
+    rt += [["fresh", "REVIEW  sentence number 1 is here.", "M1", "True"]]  # case/space duplicate of #1
+    _write_rt(tmp_path / "rt-polarity", rt)
+    vit = []
+    for p in range(30):
+        for j in range(4):
+            vit.append((f"Page -LRB-{p}-RRB-", f"evidence {p}-{j} about things .", f"claim {p}-{j} .",
+                        ("True", "False", "Neither")[(p + j) % 3]))
+    vit.append(vit[0])  # exact duplicate
+    _write_bigbench(tmp_path / "bigbench", vit, [(f"doc {i}\nmore text", f" sum {i} ") for i in range(7)])
+    arts = [("tech", f"Title {i}", f"Lead sentence {i}.", [f"Body {i} para one.", f"Body {i} para two."], "utf-8")
+            for i in range(30)]
+    arts.append(("business", "Dup", "Lead sentence 3.", ["Body 3 para one.", "Body 3 para two."], "utf-8"))
+    arts.append(("sport", "Money", "Fee of \u00a315.8m paid.", ["A transfer fee of \u00a315.8m."], "cp1252"))
+    arts.append(("sport", "Short", "only a lead", [], "utf-8"))  # no body: skipped
+    _write_bbc(tmp_path / "bbc-news", arts)
+    small = {"rt-polarity": {"train": 26, "validation": 7, "test": 7},
+             "vitaminc": {"train": 40, "validation": 10, "test": 20},
+             "bbc-xsum": {"train": 17, "validation": 5, "test": 9, "test_xsum": 7}}
+    for name, splits in small.items():
+        monkeypatch.setitem(tasks.TASKS, name, dataclasses.replace(tasks.TASKS[name], splits=splits))
+    return {a: tmp_path / a for a in ("rt-polarity", "bigbench", "bbc-news")}
+
+
+def _load(name, fake_assets, tmp_path, **kw):
+    return tasks.load_task(name, cache_dir=tmp_path / "cache", asset_dirs=fake_assets, **kw)
+
+
+def test_rt_polarity_build(fake_assets, tmp_path):
+    d = _load("rt-polarity", fake_assets, tmp_path)
+    assert {s: len(d[s]) for s in d} == {"train": 26, "validation": 7, "test": 7}  # 40 unique, no plot
+    assert d["train"].features["label"].names == ["negative", "positive"]
+    assert d["train"].column_names == ["text", "label"]
+    texts = [t for s in d for t in d[s]["text"]]
+    assert not any("synopsis" in t for t in texts)
+    assert len({tasks._norm_key(t) for t in texts}) == len(texts) == 40
+    row = next(r for s in d for r in d[s] if r["text"] == "Review sentence number 3 is here.")
+    assert row["label"] == 0  # rotten -> negative
+
+
+def test_builds_are_deterministic_and_cached(fake_assets, tmp_path):
+    a = _load("vitaminc", fake_assets, tmp_path)
+    cached = list((tmp_path / "cache").glob("vitaminc-*"))
+    assert len(cached) == 1 and (cached[0] / tasks._COMPLETE).is_file()
+    b = _load("vitaminc", fake_assets, tmp_path)  # from the cache
+    c = tasks.load_task("vitaminc", cache_dir=tmp_path / "other", asset_dirs=fake_assets)  # rebuilt
+    for s in a:
+        assert a[s].to_dict() == b[s].to_dict() == c[s].to_dict()
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_incomplete_cache_is_rebuilt(fake_assets, tmp_path):
+    _load("rt-polarity", fake_assets, tmp_path)
+    folder = next((tmp_path / "cache").glob("rt-polarity-*"))
+    (folder / tasks._COMPLETE).unlink()  # as if killed before the marker was written
+    for f in folder.rglob("*.arrow"):
+        f.write_bytes(b"garbage")
+    d = _load("rt-polarity", fake_assets, tmp_path)
+    assert len(d["test"]) == 7 and (folder / tasks._COMPLETE).is_file()
+
+
+def test_vitaminc_build_splits_by_page(fake_assets, tmp_path):
+    d = _load("vitaminc", fake_assets, tmp_path)
+    assert {s: len(d[s]) for s in d} == {"train": 40, "validation": 10, "test": 20}
+    assert d["train"].features["label"].names == ["True", "False", "Neither"]
+    assert d["test"][0]["text_pair"].startswith("Page (")  # PTB brackets undone, page title kept
+    pages = {s: set(d[s]["page"]) for s in d}
+    assert not (pages["train"] & pages["validation"]) and not (pages["train"] & pages["test"])
+    assert not (pages["validation"] & pages["test"])
+    row = d["test"][0]
+    p, j = row["text"].split()[1].split("-")
+    assert d["test"].features["label"].int2str(row["label"]) == ("True", "False", "Neither")[(int(p) + int(j)) % 3]
+
+
+def test_bbc_xsum_build(fake_assets, tmp_path):
+    d = _load("bbc-xsum", fake_assets, tmp_path)
+    # 30 + cp1252 one = 31 unique articles (duplicate and body-less skipped): 5 dev, 9 test, 17 train
+    assert {s: len(d[s]) for s in d} == {"train": 17, "validation": 5, "test": 9, "test_xsum": 7}
+    rows = [r for s in ("train", "validation", "test") for r in d[s]]
+    money = next(r for r in rows if r["id"].startswith("sport/"))
+    assert money["target"] == "Fee of \u00a315.8m paid." and money["source"] == "A transfer fee of \u00a315.8m."
+    r3 = next(r for r in rows if r["target"] == "Lead sentence 3.")
+    assert r3["source"] == "Body 3 para one.\nBody 3 para two."  # a paragraph a line, lead not in it
+    assert d["test_xsum"][2] == {"source": "doc 2\nmore text", "target": "sum 2", "id": "gem-xsum/2"}
+    ids = [set(d[s]["id"]) for s in ("train", "validation", "test")]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+
+
+def test_missing_asset_files_fail_clearly(fake_assets, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="bbcnews"):
+        tasks.load_task("bbc-xsum", cache_dir=tmp_path / "c", asset_dirs={**fake_assets, "bbc-news": empty})
+
+
+# ---- the real embedded assets (when already fetched) ----
+
+
+def _real_assets_present(*names):
+    from petl import assets
+
+    st = assets.status()
+    return all(st[n]["present"] for n in names)
+
+
+@pytest.mark.parametrize("name,assets_needed", [
+    ("rt-polarity", ("rt-polarity",)), ("vitaminc", ("bigbench",)), ("bbc-xsum", ("bbc-news", "bigbench"))])
+def test_real_task_sizes_and_no_overlap(name, assets_needed):
+    if not _real_assets_present(*assets_needed):
+        pytest.skip(f"assets {assets_needed} not fetched (python -m petl.assets fetch {' '.join(assets_needed)})")
+    spec = tasks.TASKS[name]
+    d = tasks.load_task(name)
+    assert {s: len(d[s]) for s in d} == dict(spec.splits)
+    key_cols = spec.text_columns
+    keys = {s: {tuple(tasks._norm_key(r[c]) for c in key_cols) for r in d[s]} for s in d}
+    for s in d:
+        assert len(keys[s]) == len(d[s]), f"{name}/{s} has duplicates"
+    assert not (keys["train"] & keys["validation"]) and not (keys["train"] & keys["test"])
+    assert not (keys["validation"] & keys["test"])
+    if name == "vitaminc":  # no claim and no evidence sentence shared between splits either
+        for col in ("text", "text_pair", "page"):
+            sets = {s: set(d[s][col]) for s in d}
+            assert not (sets["train"] & sets["test"]) and not (sets["validation"] & sets["test"])
+            assert not (sets["train"] & sets["validation"])
+    if name == "bbc-xsum":
+        targets = {s: set(d[s]["target"]) for s in d}
+        assert not (targets["train"] & targets["test"]) and not (targets["train"] & targets["test_xsum"])
+    if spec.kind == "classification":
+        summary = tasks.split_summary(d)
+        for s in d:  # every class present in every split
+            assert len(summary[s]["labels"]) == spec.num_labels
+
+
+# ---- hub tasks offline ----
+
+
+def test_hub_task_offline_fails_fast_naming_stand_in(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(tasks.datasets, "load_dataset",
+                        lambda *a, **k: (_ for _ in ()).throw(ConnectionError("OfflineModeIsEnabled")))
+    with pytest.raises(tasks.TaskUnavailableError, match="'rt-polarity'"):
+        tasks.load_task("sst2")
+    with pytest.raises(tasks.TaskUnavailableError, match="no embedded stand-in"):
+        tasks.load_task("wmt16-en-ro")
+
+
+def test_hub_unreachable_fails_within_timeout(monkeypatch):
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    # a non-routable address: the connection attempt must give up after the timeout, not retry for minutes
+    monkeypatch.setenv("HF_ENDPOINT", "https://10.255.255.1:443")
+    called = []
+    monkeypatch.setattr(tasks.datasets, "load_dataset", lambda *a, **k: called.append(a))
+    start = time.monotonic()
+    with pytest.raises(tasks.TaskUnavailableError, match="'vitaminc'.*|not reachable"):
+        tasks.load_task("mnli", hub_timeout=0.5)
+    assert time.monotonic() - start < 5
+    assert not called
+
+
+# ---- lead baseline ----
+
+
+def test_lead_baseline():
+    src = ["The first sentence here. The second one.\nA new paragraph.", "  one two three four  "]
+    assert tasks.lead_baseline(src) == ["The first sentence here.", "one two three four"]
+    assert tasks.lead_baseline(src, 3) == ["The first sentence", "one two three"]
+    with pytest.raises(ValueError, match="n_words"):
+        tasks.lead_baseline(src, 0)
