@@ -1,0 +1,50 @@
+# The two commands of README.md: `make book` and `make test`. Both create .venv/ if it is missing
+# (an existing one is never deleted) and install the pinned environment once per pyproject.toml change.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.petl-installed
+# Assets (see `python -m petl.assets status`): the tests need MiniLM and the Rotten Tomatoes
+# sentences; the book needs every asset, the BIG-bench task files (VitaminC, XSum) included.
+TEST_ASSETS := minilm rt-polarity
+BOOK_ASSETS := --all
+ASSETS ?=
+
+.PHONY: test book assets clean-book constraints
+
+test: $(STAMP)
+	$(PY) -m petl.assets fetch $(TEST_ASSETS)
+	$(PY) -m pytest -q tests
+
+book: $(STAMP)
+	$(PY) -m petl.assets fetch $(BOOK_ASSETS)
+	@if [ -d book/grids ]; then \
+		echo "$(PY) -m petl sweep book/grids"; $(PY) -m petl sweep book/grids; \
+	else \
+		echo "book/grids/ does not exist: no experiments to run"; \
+	fi
+	$(VENV)/bin/jupyter-book build -W --builder html book
+	$(PY) .ci/check_offline_html.py book/_build/html
+	@echo "The book is at book/_build/html/index.html"
+
+# `make assets` fetches the default assets; `make assets ASSETS=bigbench` (or ASSETS=--all) more.
+assets: $(STAMP)
+	$(PY) -m petl.assets fetch $(ASSETS)
+
+clean-book:
+	rm -rf book/_build
+
+# After changing a pin in pyproject.toml and installing it: record the transitive versions again.
+constraints: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//' | sort -f; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(None if v == (3, 11) else "error: $(PYTHON) is Python %d.%d; this project is pinned to 3.11 (make PYTHON=...)" % v)'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "pip==26.3"
+
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -c constraints.txt -e ".[test,bench]"
+	touch $@
