@@ -27,6 +27,7 @@ from its last real token.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any, Mapping, Sequence
 
 import datasets
@@ -156,7 +157,10 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode())
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)  # set as a side effect of each call with truncation=True
+        state.pop("padding", None)
+        h.update(json.dumps(state, sort_keys=True).encode())
     else:
         h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
     h.update(repr((tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id)).encode())

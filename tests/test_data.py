@@ -198,11 +198,17 @@ def test_classification_truncates_to_max_source_length(tiny_dir):
 # ---- caching and errors ----
 
 
-def test_encode_is_cached_and_keyed_by_settings(tiny_dir, summ):
-    model, tok, fam = _load(tiny_dir, "llama", "bbc-xsum")
-    a = data.encode(summ, "bbc-xsum", tok, fam)["train"]
-    b = data.encode(summ, "bbc-xsum", tok, fam)["train"]
-    c = data.encode(summ, "bbc-xsum", tok, fam, max_source_length=12)["train"]
+@pytest.mark.parametrize("arch,task", [("llama", "bbc-xsum"), ("bert", "rt-polarity")])
+def test_encode_is_cached_and_keyed_by_settings(tiny_dir, tmp_path, arch, task):
+    _, tok, fam = _load(tiny_dir, arch, task)
+    raw = datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"source": SOURCES, "target": TARGETS} if task == "bbc-xsum" else {"text": SOURCES, "label": [0, 1, 0]})})
+    raw.save_to_disk(str(tmp_path / "raw"))
+    raw = datasets.load_from_disk(str(tmp_path / "raw"))
+    a = data.encode(raw, task, tok, fam)["train"]
+    # the tokenizer has now been called with truncation on (a state change of fast tokenizers)
+    b = data.encode(raw, task, tok, fam)["train"]
+    c = data.encode(raw, task, tok, fam, max_source_length=12)["train"]
     assert a.cache_files and a.cache_files == b.cache_files
     assert a._fingerprint == b._fingerprint != c._fingerprint
     assert c.cache_files != a.cache_files
