@@ -69,7 +69,9 @@ def _pad_id(tokenizer) -> int:
 
 
 def _is_t5(tokenizer) -> bool:
-    return type(tokenizer).__name__.startswith("T5")
+    """T5 checkpoints expect a task prefix ("summarize: ..."); recognised by tokenizer class or name."""
+    name = str(getattr(tokenizer, "name_or_path", "") or "").rstrip("/").rsplit("/", 1)[-1].lower()
+    return type(tokenizer).__name__.startswith("T5") or name.startswith(("t5", "flan-t5", "mt5"))
 
 
 def _lengths(spec: TaskSpec, max_source_length, max_target_length) -> tuple[int, int]:

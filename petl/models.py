@@ -15,6 +15,7 @@ them.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -108,8 +109,10 @@ def resolve_model(name: str | os.PathLike, *, hub_timeout: float = 3.0) -> tuple
         return name, True
     hub_id = spec.hub if spec is not None else name
     embedded = ", ".join(n for n, s in MODELS.items() if s.is_embedded)
+    close = difflib.get_close_matches(name, list(MODELS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     if not _HUB_ID.match(hub_id) or hub_id.startswith((".", "/")) or os.sep in hub_id.replace("/", ""):
-        raise ValueError(f"unknown model {name!r}: not an embedded model ({embedded}), not a folder, "
+        raise ValueError(f"unknown model {name!r}{hint}: not an embedded model ({embedded}), not a folder, "
                          f"and not a hub id like 'roberta-base' or 'facebook/bart-large'")
     from transformers import AutoConfig
 
@@ -123,7 +126,7 @@ def resolve_model(name: str | os.PathLike, *, hub_timeout: float = 3.0) -> tuple
     if _offline_flag() or not hub_reachable(hub_timeout):
         why = "offline mode is set" if _offline_flag() else f"the hub did not answer within {hub_timeout:g} s"
         raise ModelUnavailableError(
-            f"model {name!r} is not in the local Hugging Face cache and {why}. Embedded models that work "
+            f"model {name!r}{hint} is not in the local Hugging Face cache and {why}. Embedded models that work "
             f"offline: {embedded}; or pass a folder holding a saved model.")
     return hub_id, False
 

@@ -121,3 +121,10 @@ def test_embedded_smollm2_generator():
     model, tok = models.load_model("smollm2-135m", "bbc-xsum")
     assert type(model).__name__ == "LlamaForCausalLM" and models.model_family(model.config) == "decoder"
     assert tok.pad_token_id is not None and tok.eos_token_id is not None and tok.padding_side == "left"
+
+
+def test_misspelt_embedded_name_is_suggested(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(models.ModelUnavailableError, match="did you mean 'minilm'"):
+        models.load_model("minlm", "rt-polarity")

@@ -10,6 +10,7 @@ import io
 import json
 import time
 
+import datasets
 import pytest
 
 from petl import tasks
@@ -282,3 +283,60 @@ def test_lead_baseline():
     assert tasks.lead_baseline(src, 3) == ["The first sentence", "one two three"]
     with pytest.raises(ValueError, match="n_words"):
         tasks.lead_baseline(src, 0)
+
+
+# ---- hub tasks, with load_dataset faked in the hub datasets' own formats ----
+
+
+def _fake_hub(path, config=None, **kwargs):
+    D, DD = datasets.Dataset.from_dict, datasets.DatasetDict
+    cls = lambda names: datasets.Features({"sentence": datasets.Value("string"),  # noqa: E731
+                                           "label": datasets.ClassLabel(names=names), "idx": datasets.Value("int32")})
+    if (path, config) == ("nyu-mll/glue", "sst2"):
+        rows = lambda n, off: {"sentence": [f"s{i}" for i in range(off, off + n)],  # noqa: E731
+                               "label": [i % 2 for i in range(n)], "idx": list(range(n))}
+        f = cls(["negative", "positive"])
+        return DD({"train": D(rows(1100, 0), features=f), "validation": D(rows(872, 5000), features=f),
+                   "test": D(rows(5, 9000), features=f)})
+    if (path, config) == ("nyu-mll/glue", "mnli"):
+        rows = lambda n, off: {"premise": [f"p{i}" for i in range(off, off + n)],  # noqa: E731
+                               "hypothesis": [f"h{i}" for i in range(off, off + n)],
+                               "label": [i % 3 for i in range(n)], "idx": list(range(n))}
+        return DD({"train": D(rows(2500, 0)), "validation_matched": D(rows(9815, 10**5)),
+                   "validation_mismatched": D(rows(9832, 2 * 10**5))})
+    if path == "EdinburghNLP/xsum":
+        rows = lambda n: {"document": ["d"] * n, "summary": ["s"] * n, "id": ["0"] * n}  # noqa: E731
+        return DD({"train": D(rows(4)), "validation": D(rows(2)), "test": D(rows(3))})
+    if (path, config) == ("wmt/wmt16", "ro-en"):
+        rows = lambda n: {"translation": [{"en": f"hello {i}", "ro": f"salut {i}"} for i in range(n)]}  # noqa: E731
+        return DD({"train": D(rows(4)), "validation": D(rows(2)), "test": D(rows(3))})
+    raise AssertionError(f"unexpected hub dataset {path} {config}")
+
+
+@pytest.fixture()
+def fake_hub(monkeypatch):
+    monkeypatch.setattr(tasks, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(tasks.datasets, "load_dataset", _fake_hub)
+
+
+def test_hub_sst2_and_mnli_layout(fake_hub):
+    sst2 = tasks.load_task("sst2")
+    assert {s: len(sst2[s]) for s in sst2} == {"train": 100, "validation": 1000, "test": 872}
+    assert sst2["test"].column_names == ["text", "label"]  # GLUE dev is our test
+    assert not set(sst2["train"]["text"]) & set(sst2["validation"]["text"])
+    mnli = tasks.load_task("mnli")
+    assert len(mnli["test"]) == 9815 and len(mnli["test_mismatched"]) == 9832  # the full matched dev set
+    assert len(mnli["validation"]) == 2000 and len(mnli["train"]) == 500
+    assert mnli["train"].column_names == ["text", "text_pair", "label"]
+
+
+def test_hub_generation_layout(fake_hub):
+    xsum = tasks.load_task("xsum")
+    assert xsum["test"].column_names == ["source", "target", "id"] and len(xsum["test"]) == 3
+    enro = tasks.load_task("wmt16-en-ro")
+    assert enro["validation"][1] == {"source": "hello 1", "target": "salut 1"}  # English -> Romanian
+
+
+def test_did_you_mean():
+    with pytest.raises(ValueError, match="did you mean 'vitaminc'"):
+        tasks.get_task("vitamin-c")
