@@ -85,12 +85,13 @@ def _lengths(spec: TaskSpec, max_source_length, max_target_length) -> tuple[int,
 # ---- decoder-only prompt ----
 
 
-def _prompt_ids(source: str, spec: TaskSpec, tokenizer, max_source_length: int) -> list[int]:
-    """Token ids of the prompt template with the source cut so the whole prompt fits max_source_length."""
+def _prompt_ids(sources: Sequence[str], spec: TaskSpec, tokenizer, max_source_length: int) -> list[list[int]]:
+    """Token ids of the prompt template around each source, the source cut so the whole prompt fits
+    max_source_length tokens."""
     head, sep, tail = spec.prompt.partition("{source}")
     if not sep:
         raise ValueError(f"task {spec.name}: prompt template {spec.prompt!r} has no {{source}}")
-    lead_space = head.endswith(" ")
+    lead_space = head.endswith(" ")  # the space goes with the source's first token, as in running text
     head_ids = tokenizer(head.rstrip(" ") if lead_space else head, add_special_tokens=True)["input_ids"]
     if tokenizer.eos_token_id is not None and head_ids and head_ids[-1] == tokenizer.eos_token_id:
         head_ids = head_ids[:-1]  # some tokenizers append EOS as a special token: not inside a prompt
@@ -99,17 +100,18 @@ def _prompt_ids(source: str, spec: TaskSpec, tokenizer, max_source_length: int) 
     if budget < 1:
         raise ValueError(f"max_source_length={max_source_length} leaves no room for the source in the "
                          f"prompt template ({len(head_ids) + len(tail_ids)} tokens)")
-    src_ids = tokenizer((" " if lead_space else "") + source.strip(), add_special_tokens=False)["input_ids"]
-    return head_ids + src_ids[:budget] + tail_ids
+    texts = [(" " if lead_space else "") + s.strip() for s in sources]
+    src_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [head_ids + ids[:budget] + tail_ids for ids in src_ids]
 
 
-def _target_ids(target: str, tokenizer, max_target_length: int) -> list[int]:
+def _target_ids(targets: Sequence[str], tokenizer, max_target_length: int) -> list[list[int]]:
     """Target ids after the prompt: ' ' + target, cut to leave room for EOS, then EOS."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("decoder generation needs tokenizer.eos_token_id to end the target")
-    ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
-    return ids[: max_target_length - 1] + [eos]
+    ids = tokenizer([" " + t.strip() for t in targets], add_special_tokens=False)["input_ids"]
+    return [t[: max_target_length - 1] + [eos] for t in ids]
 
 
 # ---- per-example encoders (batched: dict of lists in, dict of lists out) ----
@@ -144,10 +146,10 @@ def encode_examples(batch: Mapping[str, list], spec: TaskSpec, tokenizer, family
             out["target"] = list(targets)
         return out
 
-    prompts = [_prompt_ids(s, spec, tokenizer, max_source_length) for s in sources]
+    prompts = _prompt_ids(sources, spec, tokenizer, max_source_length)
     out = {"prompt_ids": prompts}
     if targets is not None:
-        tids = [_target_ids(t, tokenizer, max_target_length) for t in targets]
+        tids = _target_ids(targets, tokenizer, max_target_length)
         out["input_ids"] = [p + t for p, t in zip(prompts, tids)]
         out["attention_mask"] = [[1] * (len(p) + len(t)) for p, t in zip(prompts, tids)]
         out["labels"] = [[IGNORE_INDEX] * len(p) + t for p, t in zip(prompts, tids)]
