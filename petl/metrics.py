@@ -112,7 +112,8 @@ _RO_DIACRITICS = str.maketrans({
 
 
 def romanian_postprocess(text: str) -> str:
-    """Normalise Romanian punctuation (quotes, dashes, spaces) and strip diacritics (ș ş ț ţ ă â î -> s s t t a a i)."""
+    """Normalise Romanian punctuation (quotes, dashes, spaces), then strip diacritics
+    (ș ş ț ţ ă â î -> s s t t a a i, capitals likewise)."""
     for pattern, repl in _RO_PUNCT:
         text = pattern.sub(repl, text)
     return text.translate(_RO_DIACRITICS).strip()

@@ -20,16 +20,25 @@ rt-polarity      sst2 (RoBERTa, accuracy)    10,751   1,000       1,000  12,808 
                                                                          plot lines dropped; 57 exact
                                                                          duplicates removed (case/space
                                                                          folded); random sentence split
-vitaminc         mnli (RoBERTa, accuracy)    20,000   1,000       2,000  54,668 claim/evidence pairs;
-                                                                         split by Wikipedia page (no
-                                                                         claim, evidence or page in two
-                                                                         splits); train subsampled
-bbc-xsum         xsum (BART, ROUGE)          1,763    100         200    BBC News 2004-05: article body
-                                                                         -> lead sentence (line 2), the
-                                                                         XSum construction; + split
+vitaminc         mnli (RoBERTa, accuracy)    20,000   1,000       2,000  54,668 claim/evidence pairs
+                                                                         (54,660 after dedup) on 3,068
+                                                                         Wikipedia pages; split by page
+                                                                         (no claim, evidence or page in
+                                                                         two splits); train subsampled
+bbc-xsum         xsum (BART, ROUGE)          1,763    100         200    2,225 BBC News articles (2004-05)
+                                                                         -> 2,063 after dedup; article
+                                                                         body -> lead sentence (line 2),
+                                                                         the XSum construction; + split
                                                                          ``test_xsum``: the 1,001 real
                                                                          XSum pairs of BIG-bench gem/xsum
 ===============  ==========================  =======  ==========  =====  ==============================
+
+Details. rt-polarity: labels rotten -> negative (0), fresh -> positive (1). vitaminc: the 45 pages with
+more than 100 pairs (COVID-19 articles, 10,419 pairs) go to train only, so that dev and test spread
+over many pages; PTB bracket tokens (-LRB- ...) become brackets; 158 pairs keep a U+FFFD character of
+the source data; ``text_pair`` keeps the page title ("Page: evidence"), a ``page`` column is kept.
+bbc-xsum: articles deduplicated by body and by lead; the body keeps a paragraph a line, as XSum
+documents; bodies average 357 words, so most exceed the CPU default of 256 source tokens and are cut.
 
 Label balance (negative/positive; True/False/Neither), as built here:
 rt-polarity train 4,571/6,180, validation 414/586, test 398/602 (57% positive; SST-2: 56%);
@@ -41,10 +50,12 @@ bbc-xsum keeps every deduplicated article not in dev/test for training.
 
 Hub tasks (the paper's setup; need the Hugging Face hub or its local cache):
 
-* ``sst2``: ``nyu-mll/glue``, config ``sst2``. The paper reports GLUE dev accuracy, so GLUE's labelled dev set (872) is
-  our ``test``; ``validation`` is 1,000 sentences held out of GLUE train (seed 0) for model selection.
-* ``mnli``: ``nyu-mll/glue``, config ``mnli``. ``test`` = the FULL ``validation_matched`` (9,815; the reference code cut it
-  to 1,600), extra split ``test_mismatched`` (9,832); ``validation`` = 2,000 held out of train.
+* ``sst2``: ``nyu-mll/glue``, config ``sst2``. The paper reports GLUE dev accuracy, so GLUE's labelled
+  dev set (872) is our ``test``; ``validation`` is 1,000 sentences held out of GLUE train (seed 0) for
+  model selection.
+* ``mnli``: ``nyu-mll/glue``, config ``mnli``. ``test`` = the FULL ``validation_matched`` (9,815; the
+  reference code cut it to 1,600), extra split ``test_mismatched`` (9,832); ``validation`` = 2,000
+  held out of train.
 * ``xsum``: ``EdinburghNLP/xsum``, its own train/validation/test (document -> summary).
 * ``wmt16-en-ro``: ``wmt/wmt16``, config ``ro-en``, English source -> Romanian target, its own splits.
 
