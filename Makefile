@@ -46,5 +46,5 @@ $(PY):
 	$(PY) -m pip install --quiet "pip==26.3"
 
 $(STAMP): pyproject.toml constraints.txt | $(PY)
-	$(PY) -m pip install -c constraints.txt -e ".[test,bench]"
+	$(PY) -m pip install --no-compile -c constraints.txt -e ".[test,bench]"
 	touch $@
