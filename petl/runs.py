@@ -257,12 +257,13 @@ def clean_stale_temp(runs_dir: str | os.PathLike, rid: str | None = None) -> lis
     if not runs_dir.is_dir():
         return removed
     for p in runs_dir.iterdir():
-        m = re.match(r"^\.(tmp|trash)-(.+)-(\d+)(-\d+)?$", p.name)
+        m = re.match(r"^\.tmp-(.+)-(\d+)$", p.name) or re.match(r"^\.trash-(.+)-(\d+)-\d+$", p.name)
         if not m or not p.is_dir():
             continue
-        if rid is not None and m.group(2) != rid:
+        if rid is not None and m.group(1) != rid:
             continue
-        if not psutil.pid_exists(int(m.group(3))) or int(m.group(3)) == os.getpid():
+        pid = int(m.group(2))
+        if pid == os.getpid() or not _pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
@@ -271,6 +272,13 @@ def clean_stale_temp(runs_dir: str | os.PathLike, rid: str | None = None) -> lis
 # --------------------------------------------------------------------------------------------------
 # Locks
 # --------------------------------------------------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.pid_exists(pid)
+    except (OverflowError, ValueError):
+        return False
+
 
 def _proc_start(pid: int) -> float | None:
     try:

@@ -390,7 +390,7 @@ def train(config: TrainConfig | dict, runs_dir: str | os.PathLike = "runs", forc
     with runs.run_lock(runs_dir, rid):
         if not force and runs.record_status(runs_dir, rid) == "complete":   # finished while we waited
             return RunRecord.load(runs_dir / rid)
-        runs.clean_stale_temp(runs_dir, rid)
+        runs.clean_stale_temp(runs_dir)        # leftovers of killed runs (their processes are gone)
         return _run(config.resolved(), resolved, runs_dir)
 
 

@@ -1,0 +1,171 @@
+"""Training: config validation, determinism, NaN handling, kills at every phase, torchrun with gloo.
+
+Uses the real rt-polarity data (embedded asset) and a tiny random BERT saved as a model folder.
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from petl import runs
+from petl.train import TrainConfig, resolve_run, train
+from training_helpers import PYTHON, ROOT, TINY, cli_args, subprocess_env, tiny_bert_folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(tiny_bert_folder(tmp_path_factory.mktemp("models") / "tiny-bert"))
+
+
+def _cfg(tiny, **kw):
+    return TrainConfig(**{**TINY, "variant": "lora", "model": tiny, "overrides": {"attn_bn": 4}, **kw})
+
+
+# ---- validation ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, match", [
+    ("variant", "mamm", r"unknown variant 'mamm'; valid variants: .*mam"),
+    ("task", "sst-2", r"unknown task 'sst-2'; valid tasks: rt-polarity"),
+    ("model", "not/a model", r"unknown model 'not/a model'; valid models: minilm"),
+    ("overrides", {"attn_bnn": 3}, r"attn_bnn"),
+    ("max_steps", 0, r"max_steps must be a positive integer"),
+    ("bf16", "yes", r"bf16 must be one of"),
+    ("label_smoothing", 1.5, r"label_smoothing must be a number in \[0, 1\)"),
+])
+def test_bad_input_is_rejected_with_the_valid_choices(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_max_steps_and_epochs_are_exclusive():
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(max_steps=3, epochs=1).validate()
+
+
+def test_defaults_come_from_the_cpu_budget_and_table_8():
+    cpu = TrainConfig().resolved()                                  # mam / rt-polarity / minilm
+    assert (cpu.max_steps, cpu.epochs) == (150, None)
+    assert cpu.batch_size == 32 and cpu.weight_decay == 0.1 and cpu.warmup == 0.06
+    assert tuple(cpu.adam_betas) == (0.9, 0.98) and cpu.adam_eps == 1e-6
+    paper = TrainConfig(task="sst2", model="roberta-base", variant="lora").resolved()
+    assert (paper.max_steps, paper.epochs, paper.lr) == (None, 10, 1e-4)   # Table 8, GLUE row
+    xsum = TrainConfig(task="xsum", model="facebook/bart-large").resolved()
+    assert (xsum.max_steps, xsum.lr, xsum.label_smoothing, xsum.max_grad_norm) == (100_000, 5e-5, 0.1, 0.1)
+    assert (xsum.num_beams, xsum.gen_min_length, xsum.gen_max_length, xsum.no_repeat_ngram_size) == (6, 10, 60, 3)
+    assert TrainConfig(max_steps=7).resolved().max_steps == 7
+
+
+def test_overrides_change_the_run_id():
+    a = resolve_run(TrainConfig(variant="lora"))["run_id"]
+    b = resolve_run(TrainConfig(variant="lora", overrides={"attn_bn": 8}))["run_id"]
+    assert a != b and a.startswith("rt-polarity_minilm_lora_seed0_150steps_")
+
+
+# ---- a real (tiny) run -----------------------------------------------------------------------------------
+
+def test_run_writes_a_complete_record_and_same_seed_gives_same_metrics(tiny, tmp_path):
+    first = train(_cfg(tiny), runs_dir=tmp_path / "a")
+    second = train(_cfg(tiny), runs_dir=tmp_path / "b")
+    assert first.status == second.status == "complete"
+    assert first.metrics["test"] == second.metrics["test"] and first.metrics["dev"] == second.metrics["dev"]
+    assert first.history["loss"].tolist() == second.history["loss"].tolist()
+    m = first.metrics
+    assert m["steps"] == 2 and m["best_step"] in (1, 2) and m["num_examples"] == {"train": 64, "validation": 16,
+                                                                                   "test": 16}
+    assert 0 <= m["test"]["accuracy"] <= 100 and m["tokens_per_s"] > 0 and m["peak_rss_mb"] > 0
+    assert m["parameters"]["trainable"] < m["parameters"]["backbone"]
+    assert list(first.history.columns[:5]) == ["step", "loss", "lr", "grad_norm", "tokens"]
+    assert first.history["dev_accuracy"].notna().sum() == 2
+    cfg = first.config
+    assert cfg["train"]["variant"] == "lora" and cfg["petl"]["attn_bn"] == 4 and cfg["versions"]["torch"]
+    assert "hostname" not in json.dumps(cfg) and os.uname().nodename not in json.dumps(cfg)
+    assert (first.weights_path / "config.json").exists() or any(first.weights_path.iterdir())
+    # a different seed gives a different run (and different numbers)
+    other = train(_cfg(tiny, seed=1), runs_dir=tmp_path / "a")
+    assert other.run_id != first.run_id and other.history["loss"].tolist() != first.history["loss"].tolist()
+    # complete -> skipped (record untouched); force -> rerun
+    mtime = (first.path / "metrics.json").stat().st_mtime_ns
+    again = train(_cfg(tiny), runs_dir=tmp_path / "a")
+    assert again.path == first.path and (first.path / "metrics.json").stat().st_mtime_ns == mtime
+    forced = train(_cfg(tiny), runs_dir=tmp_path / "a", force=True)
+    assert (forced.path / "metrics.json").stat().st_mtime_ns != mtime
+    assert forced.metrics["test"] == first.metrics["test"]
+    assert len(runs.load_runs(tmp_path / "a")) == 2
+
+
+def test_nan_loss_stops_the_run_with_a_failed_record_naming_the_step(tiny, tmp_path):
+    record = train(_cfg(tiny, lr=1e30, max_steps=6, eval_every=6), runs_dir=tmp_path)
+    assert record.status == "failed"
+    step = record.metrics["failed_step"]
+    assert 1 < step <= 6 and f"at step {step}" in record.metrics["reason"]
+    assert ("nan" in record.metrics["reason"] or "inf" in record.metrics["reason"])
+    assert len(record.history) == step - 1                       # the steps before the bad one
+    assert runs.load_runs(tmp_path).empty
+    assert len(runs.load_runs(tmp_path, include_failed=True)) == 1
+    assert not runs.is_complete(tmp_path, record.run_id)
+
+
+# ---- killed at every phase -------------------------------------------------------------------------------
+
+def _start(tiny, runs_dir, phase, flag, **kw):
+    params = {**TINY, "variant": "lora", "model": tiny, "overrides": {"attn_bn": 4}, **kw}
+    env = subprocess_env(PETL_PAUSE_AT=phase, PETL_PAUSE_FILE=flag)
+    return subprocess.Popen([PYTHON, "-m", "petl", "train", *cli_args(**params), "--runs-dir", str(runs_dir)],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for(flag, proc, timeout=300):
+    t0 = time.time()
+    while not os.path.exists(flag):
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended before pausing: {proc.stdout.read().decode()[-3000:]}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("process never reached the pause point")
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("phase, force", [("train", False), ("eval", False), ("weights", False),
+                                          ("record", False), ("replace", True)])
+def test_sigkill_at_any_phase_leaves_no_counted_record_and_a_rerun_completes(tiny, tmp_path, phase, force):
+    runs_dir = tmp_path / "runs"
+    other = train(_cfg(tiny, seed=5), runs_dir=runs_dir)             # a finished record that must stay as is
+    other_bytes = {f.name: f.read_bytes() for f in other.path.iterdir()}
+    victim = _cfg(tiny)
+    rid = resolve_run(victim)["run_id"]
+    if force:                                                        # killed while replacing a record
+        train(victim, runs_dir=runs_dir)
+    flag = str(tmp_path / "paused")
+    proc = _start(tiny, runs_dir, phase, flag, force=force)
+    _wait_for(flag, proc)
+    assert open(flag).read() == phase
+    assert json.loads((runs_dir / ".locks" / f"{rid}.lock").read_text())["pid"] == proc.pid
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    df = runs.load_runs(runs_dir)
+    assert list(df["run_id"]) == [other.run_id]                     # the killed run does not count
+    assert runs.record_status(runs_dir, rid) is None
+    assert {f.name: f.read_bytes() for f in other.path.iterdir()} == other_bytes
+    rerun = train(victim, runs_dir=runs_dir)                         # the stale lock is taken over
+    assert rerun.status == "complete"
+    assert sorted(runs.load_runs(runs_dir)["run_id"]) == sorted([other.run_id, rid])
+    leftovers = [p.name for p in runs_dir.iterdir() if p.name.startswith((".tmp", ".trash"))]
+    assert leftovers == []
+
+
+# ---- data parallel ---------------------------------------------------------------------------------------
+
+def test_torchrun_with_two_gloo_processes(tiny, tmp_path):
+    params = {**TINY, "variant": "lora", "model": tiny, "max_steps": 2}
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "petl", "train", *cli_args(**params), "--runs-dir", str(tmp_path)]
+    out = subprocess.run(cmd, env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    df = runs.load_runs(tmp_path)
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row["device.num_processes"] == 2 and row["steps"] == 2
+    assert row["num_examples.test"] == 16 and 0 <= row["test.accuracy"] <= 100
