@@ -1,0 +1,213 @@
+"""Timing in interleaved rounds, paired ratios, inference latency and peak memory (CPU: /proc, GPU: CUDA stats)."""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+from benchmarks.methods import MethodSpec, Prepared, Unsupported, prepare, share_frozen
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def prepare_all(specs: dict[str, MethodSpec], template, shape, device="cpu", autocast=None, warmup: int = 1):
+    """Build every method and run its warm-up steps. Returns (prepared, unsupported: name -> reason)."""
+    prepared: dict[str, Prepared] = {}
+    unsupported: dict[str, str] = {}
+    for name, spec in specs.items():
+        try:
+            item = prepare(spec, template, shape, device=device, autocast=autocast)
+            for _ in range(warmup):
+                loss = item.step()
+                if not torch.isfinite(loss):
+                    raise Unsupported(f"non-finite loss {loss.item()} in warm-up")
+            _sync(device)
+            prepared[name] = item
+        except Unsupported as error:
+            unsupported[name] = str(error)
+        except Exception as error:  # noqa: BLE001 - a method failing to train is recorded, the rest go on
+            unsupported[name] = f"failed in warm-up: {type(error).__name__}: {error}"
+            log(traceback.format_exc(limit=3))
+        if name in unsupported:
+            log(f"  {shape.name}/{name}: not measured ({unsupported[name][:160]})")
+    return prepared, unsupported
+
+
+def time_rounds(run_once: dict, rounds: int, min_rounds: int = 2, budget_s: float | None = None,
+                device="cpu", label: str = "") -> dict[str, list[dict]]:
+    """Round-robin timing: every callable once per round, the order rotated each round.
+
+    Returns name -> one {'wall_s', 'cpu_s'} per completed round. Stops early (after min_rounds) when the
+    rounds so far exceed budget_s.
+    """
+    names = list(run_once)
+    times: dict[str, list[dict]] = {n: [] for n in names}
+    start = time.perf_counter()
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            _sync(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            run_once[name]()
+            _sync(device)
+            times[name].append(dict(wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu))
+        elapsed = time.perf_counter() - start
+        log(f"  {label} round {r + 1}/{rounds} done ({elapsed:.0f} s)")
+        if budget_s is not None and r + 1 >= min_rounds and elapsed * (r + 2) / (r + 1) > budget_s:
+            log(f"  {label}: stopping after {r + 1} rounds (time budget {budget_s:.0f} s)")
+            break
+    return times
+
+
+def paired_ratio(numerator: list[dict], denominator: list[dict], key: str = "wall_s") -> dict:
+    """Median (and min / max) over rounds of the per-round ratio numerator / denominator."""
+    ratios = [a[key] / b[key] for a, b in zip(numerator, denominator) if b[key] > 0]
+    if not ratios:
+        return dict(median=float("nan"), min=float("nan"), max=float("nan"), rounds=0)
+    return dict(median=statistics.median(ratios), min=min(ratios), max=max(ratios), rounds=len(ratios))
+
+
+def median_time(times: list[dict], key: str = "wall_s") -> float:
+    return statistics.median(t[key] for t in times) if times else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------
+# Inference: LoRA merged versus unmerged versus the bare model
+# ------------------------------------------------------------------------------------------------
+
+def lora_inference_models(template, spec: MethodSpec):
+    """(bare, LoRA unmerged, LoRA merged) in eval mode; the LoRA weights are random, so merging changes W."""
+    import copy
+
+    import petl
+    config = petl.PETLConfig.from_dict(spec.petl_config)
+    unmerged = share_frozen(template)
+    petl.apply(unmerged, config)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in unmerged.petl.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+    merged = copy.deepcopy(template)  # its own weights: merging must not touch the shared backbone
+    petl.apply(merged, config)
+    merged.petl.load_state_dict(unmerged.petl.state_dict())  # the task head is the template's in all three
+    petl.merge(merged)
+    return template.eval(), unmerged.eval(), merged.eval()
+
+
+def inference_rounds(models: dict, batch: dict, family: str, rounds: int, warmup: int = 1, device="cpu",
+                     autocast=None, label="") -> tuple[dict, float]:
+    """Interleaved no-grad forward passes. Returns (times per model, max |merged - unmerged| logits)."""
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    if family == "seq2seq":
+        inputs["decoder_input_ids"] = batch["labels"]
+    device_type = torch.device(device).type
+
+    def forward(model):
+        with torch.no_grad(), torch.autocast(device_type, dtype=autocast, enabled=autocast is not None):
+            return model(**inputs).logits
+
+    outputs = {name: forward(model) for name, model in models.items() for _ in range(warmup)}
+    names = list(models)
+    difference = float("nan")
+    if "lora_merged" in outputs and "lora_unmerged" in outputs:
+        difference = (outputs["lora_merged"].float() - outputs["lora_unmerged"].float()).abs().max().item()
+    del outputs
+    times = time_rounds({n: (lambda m=models[n]: forward(m)) for n in names}, rounds, min_rounds=rounds,
+                        device=device, label=label)
+    return times, difference
+
+
+# ------------------------------------------------------------------------------------------------
+# Peak memory on CPU
+# ------------------------------------------------------------------------------------------------
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark of this process (Linux: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def unique_bytes(model) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def cpu_memory(specs: dict[str, MethodSpec], template, shape, steps: int) -> dict:
+    """Peak resident memory of each method's training steps, one method after another in this process.
+
+    For each method: build it, collect garbage, read the resident set (VmRSS) as the baseline, reset the
+    high-water mark, run `steps` steps, read the high-water mark (VmHWM). `increment` = peak - baseline is the
+    memory training needs beyond the loaded model (activations, gradients, optimizer state). The process must
+    be started with MALLOC_MMAP_THRESHOLD_ set low, so that freed tensors go back to the kernel and the
+    resident set follows the live tensors (otherwise glibc keeps freed blocks and the order of methods leaks
+    into the numbers). `with_weights` adds the bytes of the model's own parameters and buffers.
+    """
+    out = {}
+    first = next(iter(specs.values()))
+    warm = prepare(first, template, shape)  # one untimed step first: lazy initialisation is nobody's memory
+    warm.step()
+    del warm
+    gc.collect()
+    for name, spec in specs.items():
+        try:
+            item = prepare(spec, template, shape)
+        except Unsupported as error:
+            out[name] = dict(unsupported=str(error))
+            continue
+        gc.collect()
+        baseline = _status_kb("VmRSS")
+        if not reset_peak_rss():
+            raise RuntimeError("cannot reset the peak resident set (/proc/self/clear_refs); Linux is required")
+        try:
+            for _ in range(steps):
+                item.step()
+        except Exception as error:  # noqa: BLE001
+            out[name] = dict(unsupported=f"failed: {type(error).__name__}: {error}")
+        else:
+            peak = _status_kb("VmHWM")
+            increment = (peak - baseline) * 1024
+            out[name] = dict(baseline_rss_bytes=baseline * 1024, peak_rss_bytes=peak * 1024,
+                             increment_bytes=increment, weights_bytes=unique_bytes(item.model),
+                             with_weights_bytes=increment + unique_bytes(item.model))
+        del item
+        gc.collect()
+    return out
+
+
+def finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def environment_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))

@@ -1,0 +1,302 @@
+"""CPU benchmark of every method against the floor, full fine-tuning and PEFT; writes one JSON run record.
+
+    python -m benchmarks.run                      # minilm + smollm2 shapes, about 9 minutes on 2 idle cores
+    python -m benchmarks.run --quick              # fewer rounds and steps (a smoke run; ratios are rough)
+    python -m benchmarks.run --shapes tiny-bert tiny-llama --quick --out /tmp/b.json   # seconds
+
+Per shape, in one process: every method is built on one random-initialised template model (frozen weights
+shared), warmed up, then timed one training step each per round, round-robin with the order rotated every
+round; a ratio is the median over rounds of the per-round paired ratio (method / floor, ours / PEFT's), so
+slow drifts of a shared machine cancel. Then LoRA inference (bare / unmerged / merged) the same way, and peak
+memory in a fresh process per shape (benchmarks.memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.measure import (environment_threads, inference_rounds, lora_inference_models, log, median_time,
+                                paired_ratio, prepare_all, time_rounds)
+from benchmarks.memory import run_subprocess
+from benchmarks.methods import FLOOR, GLUE_SIZES, glue_methods
+from benchmarks.shapes import get_shape
+
+DEFAULT_SHAPES = ("minilm", "smollm2")
+#: Rounds per shape (full run, quick run); the time budget may stop a full run earlier (never under 3 rounds).
+ROUNDS = {"minilm": (9, 2), "smollm2": (4, 1)}
+#: Share of the time budget each shape's timing rounds may use.
+BUDGET_SHARE = {"minilm": 0.22, "smollm2": 0.45}
+#: The issue's targets.
+STEP_LIMIT, PEER_LIMIT, MERGED_LIMIT, MAM_MEMORY_LIMIT = 1.10, 1.0, 1.02, 1.10
+CLOCKS = ("wall_s", "cpu_s")
+
+
+def machine_info(threads: int) -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return dict(cpu=model, cpu_count=os.cpu_count(), torch_threads=threads, platform=platform.platform(),
+                loadavg_start=list(os.getloadavg()))
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "accelerate", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _finite(x: float) -> float | None:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _clean(obj):
+    """NaN / inf become None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float):
+        return _finite(obj)
+    return obj
+
+
+def bench_shape(shape_name: str, args, specs: dict) -> dict:
+    """Timing, inference and memory of every method on one shape."""
+    shape = get_shape(shape_name)
+    rounds = args.rounds or ROUNDS.get(shape_name, (3, 2))[1 if args.quick else 0]
+    budget = None if args.quick else args.budget_s * BUDGET_SHARE.get(shape_name, 0.3)
+    log(f"[{shape_name}] building the template and {len(specs)} methods")
+    template = shape.build()
+    out: dict = dict(shape=dict(family=shape.family, config=shape.config, batch=shape.batch, length=shape.length,
+                                target_length=shape.target_length, tokens_per_step=shape.tokens_per_step))
+
+    # --- training step ------------------------------------------------------------------------------
+    prepared, unsupported = prepare_all(specs, template, shape, warmup=args.warmup)
+    out["parameters"] = {name: item.counts() for name, item in prepared.items()}
+    out["unsupported"] = unsupported
+    log(f"[{shape_name}] timing {len(prepared)} methods, up to {rounds} rounds")
+    raw = time_rounds({n: p.step for n, p in prepared.items()}, rounds, min_rounds=min(3, rounds),
+                      budget_s=budget, label=shape_name)
+    del prepared
+    out["timing"] = _timing_summary(raw, specs, shape)
+
+    # --- inference: LoRA merged / unmerged / bare ---------------------------------------------------
+    if "lora" in specs:
+        bare, unmerged, merged = lora_inference_models(template, specs["lora"])
+        models = dict(bare=bare, lora_unmerged=unmerged, lora_merged=merged)
+        inf_rounds = args.inference_rounds or (3 if args.quick else 9)
+        with torch.no_grad():
+            times, difference = inference_rounds(models, shape.make_batch(), shape.family, inf_rounds,
+                                                 label=f"{shape_name} inference")
+        del models, unmerged, merged
+        out["inference"] = dict(
+            rounds=inf_rounds, raw=times, median_s={n: median_time(t) for n, t in times.items()},
+            ratio_to_bare={n: {c: paired_ratio(t, times["bare"], c) for c in CLOCKS}
+                           for n, t in times.items() if n != "bare"},
+            max_abs_logit_difference_merged_vs_unmerged=difference)
+    del template
+
+    # --- memory ---------------------------------------------------------------------------------------
+    if args.memory != "off":
+        steps = args.memory_steps or (1 if args.quick else 2)
+        names = [n for n in specs if n not in unsupported]
+        log(f"[{shape_name}] peak memory of {len(names)} methods ({steps} steps each, fresh process)")
+        with tempfile.TemporaryDirectory() as tmp:
+            memory = run_subprocess(shape_name, names, steps, args.threads, Path(tmp) / "memory.json",
+                                    timeout_s=args.budget_s * 2)
+        out["memory"] = _memory_summary(memory)
+    return out
+
+
+def _timing_summary(raw: dict, specs: dict, shape) -> dict:
+    summary = dict(rounds=min((len(t) for t in raw.values()), default=0), raw=raw,
+                   median_step_s={n: median_time(t) for n, t in raw.items()},
+                   median_step_cpu_s={n: median_time(t, "cpu_s") for n, t in raw.items()})
+    summary["tokens_per_s"] = {n: shape.tokens_per_step / s for n, s in summary["median_step_s"].items() if s > 0}
+    to_reference, to_peer, to_full = {}, {}, {}
+    for name, times in raw.items():
+        spec = specs[name]
+        if name != FLOOR and spec.reference in raw:
+            to_reference[name] = dict(reference=spec.reference,
+                                      **{c: paired_ratio(times, raw[spec.reference], c) for c in CLOCKS})
+        if spec.peer and spec.peer in raw:
+            to_peer[name] = dict(peer=spec.peer, **{c: paired_ratio(times, raw[spec.peer], c) for c in CLOCKS})
+        if "full" in raw and name != "full":
+            to_full[name] = {c: paired_ratio(times, raw["full"], c) for c in CLOCKS}
+    summary.update(ratio_to_reference=to_reference, ratio_to_peer=to_peer, ratio_to_full=to_full)
+    return summary
+
+
+def _memory_summary(memory: dict) -> dict:
+    methods = memory["methods"]
+    floor = methods.get(FLOOR, {})
+    ratios = {}
+    for name, m in methods.items():
+        if "increment_bytes" in m and floor.get("increment_bytes"):
+            ratios[name] = dict(increment=m["increment_bytes"] / floor["increment_bytes"],
+                                with_weights=m["with_weights_bytes"] / floor["with_weights_bytes"])
+    return dict(method="fresh process per shape; peak VmHWM - VmRSS before the first step, "
+                       f"MALLOC_MMAP_THRESHOLD_={memory.get('mmap_threshold')}", steps=memory.get("steps"),
+                per_method=methods, ratio_to_floor=ratios)
+
+
+def evaluate_targets(shapes: dict, specs: dict) -> list[dict]:
+    """Each of the issue's targets per shape: value, limit, met (None when not measured)."""
+    rows = []
+
+    def row(shape, target, method, value, limit, clock="wall_s"):
+        value = _finite(value)
+        rows.append(dict(shape=shape, target=target, method=method, value=value, limit=limit, clock=clock,
+                         met=None if value is None else value <= limit))
+
+    for shape_name, result in shapes.items():
+        timing = result["timing"]
+        for name, spec in specs.items():
+            if spec.kind != "petl":
+                continue
+            ratio = timing["ratio_to_reference"].get(name, {}).get("wall_s", {}).get("median", float("nan"))
+            row(shape_name, f"step <= {STEP_LIMIT}x {spec.reference}", name, ratio, STEP_LIMIT)
+            if spec.peer:
+                ratio = timing["ratio_to_peer"].get(name, {}).get("wall_s", {}).get("median", float("nan"))
+                row(shape_name, f"step <= {PEER_LIMIT}x {spec.peer}", name, ratio, PEER_LIMIT)
+        if "inference" in result:
+            ratio = result["inference"]["ratio_to_bare"]["lora_merged"]["wall_s"]["median"]
+            row(shape_name, f"merged LoRA inference <= {MERGED_LIMIT}x bare", "lora_merged", ratio, MERGED_LIMIT)
+        if "memory" in result and "mam" in result["memory"]["ratio_to_floor"]:
+            m = result["memory"]["ratio_to_floor"]["mam"]
+            row(shape_name, f"MAM peak training memory <= {MAM_MEMORY_LIMIT}x floor (increment)", "mam",
+                m["increment"], MAM_MEMORY_LIMIT, clock="memory")
+            row(shape_name, f"MAM peak training memory <= {MAM_MEMORY_LIMIT}x floor (with weights)", "mam",
+                m["with_weights"], MAM_MEMORY_LIMIT, clock="memory")
+    return rows
+
+
+def format_table(record: dict) -> str:
+    lines = []
+    for shape_name, result in record["shapes"].items():
+        t = result["timing"]
+        mem = result.get("memory", {})
+        lines.append(f"\n== {shape_name}: {result['shape']['batch']} x {result['shape']['length']} tokens, "
+                     f"{t['rounds']} rounds (ratios: median of per-round paired ratios, wall / cpu clock) ==")
+        lines.append(f"{'method':<14}{'step s':>8}{'tok/s':>8}{'x ref':>7}{'(cpu)':>7}{' ref':<14}"
+                     f"{'x peer':>7}{'(cpu)':>7}{'x full':>7}{'mem MB':>8}{'x floor':>8}{'trainable':>11}")
+        for name, s in t["median_step_s"].items():
+            ref = t["ratio_to_reference"].get(name)
+            peer = t["ratio_to_peer"].get(name)
+            full = t["ratio_to_full"].get(name)
+            m = mem.get("per_method", {}).get(name, {})
+            mr = mem.get("ratio_to_floor", {}).get(name, {})
+
+            def f(x, fmt="{:.3f}"):
+                return fmt.format(x) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+            lines.append(
+                f"{name:<14}{f(s, '{:.2f}'):>8}{f(t['tokens_per_s'].get(name), '{:.0f}'):>8}"
+                f"{f(ref and ref['wall_s']['median']):>7}{f(ref and ref['cpu_s']['median']):>7}"
+                f"{' ' + (ref['reference'] if ref else ''):<14}"
+                f"{f(peer and peer['wall_s']['median']):>7}{f(peer and peer['cpu_s']['median']):>7}"
+                f"{f(full and full['wall_s']['median']):>7}"
+                f"{f(m.get('increment_bytes') and m['increment_bytes'] / 2**20, '{:.0f}'):>8}"
+                f"{f(mr.get('increment')):>8}{result['parameters'].get(name, {}).get('trainable', 0):>11}")
+        for name, reason in result["unsupported"].items():
+            lines.append(f"{name:<14}not measured: {reason[:150]}")
+        if "inference" in result:
+            inf = result["inference"]
+            ratios = ", ".join(f"{n} {r['wall_s']['median']:.3f}x (cpu {r['cpu_s']['median']:.3f}x)"
+                               for n, r in inf["ratio_to_bare"].items())
+            lines.append(f"inference (no grad, {inf['rounds']} rounds): bare {inf['median_s']['bare']:.3f} s; "
+                         f"{ratios}; max |merged - unmerged| = {inf['max_abs_logit_difference_merged_vs_unmerged']:.2e}")
+    lines.append("\n== targets (issue 6) ==")
+    for r in record["targets"]:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[r["met"]]
+        value = "-" if r["value"] is None else f"{r['value']:.3f}"
+        lines.append(f"{r['shape']:<10}{r['method']:<14}{r['target']:<58}{value:>7}  {verdict}")
+    return "\n".join(lines)
+
+
+def write_record(record: dict, path: Path) -> None:
+    """Write the record atomically (temporary file in the same folder, fsync, os.replace)."""
+    from petl.runs import write_text_atomic
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(_clean(record), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and memory steps (rough ratios)")
+    parser.add_argument("--shapes", nargs="+", default=list(DEFAULT_SHAPES))
+    parser.add_argument("--methods", nargs="+", default=None, help="a subset of the methods (floor is always in)")
+    parser.add_argument("--rounds", type=int, default=None, help="timing rounds per shape (default: per shape)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method before the rounds")
+    parser.add_argument("--inference-rounds", type=int, default=None)
+    parser.add_argument("--memory", choices=("subprocess", "off"), default="subprocess")
+    parser.add_argument("--memory-steps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2 = the cores)")
+    parser.add_argument("--budget-s", type=float, default=540.0,
+                        help="time budget that stops timing rounds early (after 3 rounds at least)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="record path (default runs/benchmarks/cpu-<UTC date and time>.json)")
+    args = parser.parse_args(argv)
+    for name in args.shapes:
+        get_shape(name)  # a clear error for an unknown shape
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    environment_threads(args.threads)
+    specs = glue_methods()
+    if args.methods:
+        unknown = [m for m in args.methods if m not in specs]
+        if unknown:
+            raise SystemExit(f"unknown method(s) {unknown}; valid methods are {', '.join(specs)}")
+        keep = {FLOOR, *args.methods}
+        keep |= {specs[m].reference for m in args.methods}
+        specs = {n: s for n, s in specs.items() if n in keep}
+    now = dt.datetime.now(dt.timezone.utc)
+    out = args.out or Path("runs/benchmarks") / f"cpu-{now:%Y%m%d-%H%M%S}.json"
+    from petl.runs import git_commit
+    record = dict(kind="petl-benchmark", version=1, created=now.isoformat(timespec="seconds"),
+                  command=" ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
+                  quick=args.quick, machine=machine_info(args.threads), packages=package_versions(),
+                  git=git_commit(),
+                  settings=dict(threads=args.threads, warmup=args.warmup, budget_s=args.budget_s,
+                                memory=args.memory, dtype="float32", dropout="config defaults, train mode",
+                                optimizer="AdamW(lr=1e-5, weight_decay=0.01) over the trainable parameters",
+                                step="forward + loss + backward + optimizer.step + zero_grad(set_to_none)",
+                                floor="stock model, every weight frozen, inputs_embeds.requires_grad_()",
+                                sizes=GLUE_SIZES),
+                  methods={n: s.describe() for n, s in specs.items()}, shapes={})
+    for shape_name in args.shapes:
+        record["shapes"][shape_name] = bench_shape(shape_name, args, specs)
+    record["targets"] = evaluate_targets(record["shapes"], specs)
+    record["machine"]["loadavg_end"] = list(os.getloadavg())
+    record["wall_time_s"] = time.perf_counter() - started
+    write_record(record, out)
+    print(format_table(_clean(record)))
+    print(f"\nrecord: {out}  ({record['wall_time_s']:.0f} s)")
+    return record
+
+
+if __name__ == "__main__":
+    main()
