@@ -433,7 +433,8 @@ def load_runs(runs_dir: str | os.PathLike = "runs", include_failed: bool = False
     """Every complete run under runs_dir as one pandas DataFrame (one row per run).
 
     Columns: ``run_id``, ``path``, ``status``, the training config flattened (``task``, ``model``,
-    ``variant``, ``seed``, ``lr``, ...), the PETL config as ``petl.<field>``, and the metrics as
+    ``variant``, ``seed``, ``lr``, ...), the PETL config as ``petl.<field>``, ``device.*``, ``git.*``,
+    ``versions.*``, and the metrics as
     ``dev.<metric>``, ``test.<metric>``, ``parameters.<key>``, ``wall_time_s``, ``tokens_per_s``, ... .
     Damaged records are skipped with a warning naming the file; failed runs only with include_failed.
     """
@@ -450,6 +451,9 @@ def load_runs(runs_dir: str | os.PathLike = "runs", include_failed: bool = False
         row = {"run_id": config["run_id"], "path": str(rec)}
         row.update(_flatten(config["train"]))
         row.update(_flatten(config["petl"], "petl."))
+        for key in ("device", "git", "versions"):
+            if isinstance(config.get(key), dict):
+                row.update(_flatten(config[key], key + "."))
         row.update(_flatten({k: v for k, v in metrics.items() if k != "history"}))
         rows.append(row)
     df = pd.DataFrame(rows)

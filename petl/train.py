@@ -411,7 +411,9 @@ def _run(cfg: TrainConfig, resolved: dict, runs_dir: Path) -> RunRecord:
     t_start = time.perf_counter()
 
     # ---- set-up: processes, seed, model + method, data -----------------------------------------------
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", split_batches=True)
+    # cpu=True without a GPU: under torchrun this makes accelerate set up gloo data parallelism on CPU.
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", split_batches=True,
+                              cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     set_seed(cfg.seed)                                       # python, numpy, torch (all devices)
     if accelerator.device.type == "cuda":

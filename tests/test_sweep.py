@@ -1,0 +1,110 @@
+"""The notebook through papermill, and the sweep: validation before running, skip, carry-on past failures,
+failure listing, concurrent sweeps on one runs folder. Tiny budgets on a tiny random BERT."""
+import json
+import re
+import subprocess
+
+import papermill
+import pytest
+import yaml
+
+from petl import runs, sweep
+from petl.__main__ import main
+from training_helpers import PYTHON, ROOT, TINY, subprocess_env, tiny_bert_folder
+
+NOTEBOOK = ROOT / "notebooks" / "train.ipynb"
+NB_TINY = {k: v for k, v in TINY.items() if k != "progress"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(tiny_bert_folder(tmp_path_factory.mktemp("models") / "tiny-bert"))
+
+
+def _grid(path, fixed, grid=None):
+    path.write_text(yaml.safe_dump({"fixed": fixed, **({"grid": grid} if grid else {})}))
+    return path
+
+
+def test_notebook_parameters_cell_lists_the_train_config():
+    params = sweep.notebook_parameters(NOTEBOOK)
+    assert params["variant"] == "mam" and params["task"] == "rt-polarity" and params["model"] == "minilm"
+    assert {"max_steps", "epochs", "lr", "batch_size", "seed", "overrides", "runs_dir", "force"} <= set(params)
+
+
+def test_papermill_runs_the_notebook_and_writes_the_record(tiny, tmp_path):
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(str(NOTEBOOK), str(out), cwd=str(ROOT), progress_bar=False,
+                               parameters={**NB_TINY, "variant": "lora", "model": tiny,
+                                           "overrides": {"attn_bn": 4}, "runs_dir": str(tmp_path / "runs")})
+    df = runs.load_runs(tmp_path / "runs")
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row["variant"] == "lora" and row["petl.attn_bn"] == 4 and row["steps"] == 2
+    assert 0 <= row["test.accuracy"] <= 100 and row["num_examples.validation"] == 16
+    text = out.read_text()
+    assert "record:" in text and row["run_id"] in text and "image/png" in text   # path printed, curve drawn
+
+
+def test_notebook_rejects_a_bad_name_in_its_first_cells(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError) as e:
+        papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), cwd=str(ROOT), progress_bar=False,
+                                   parameters={"variant": "MAM", "runs_dir": str(tmp_path / "runs")})
+    assert e.value.exec_count <= 3                                   # the parameter check, before training
+    assert "unknown variant 'MAM'; valid variants:" in e.value.evalue and "mam" in e.value.evalue
+    assert not (tmp_path / "runs").exists()
+
+
+def test_grid_names_are_checked_against_the_notebook_before_anything_runs(tiny, tmp_path):
+    bad = _grid(tmp_path / "bad.yaml", {**NB_TINY, "model": tiny}, {"variantt": ["lora"]})
+    with pytest.raises(sweep.GridError, match=r"unknown parameter\(s\) \['variantt'\].*takes: .*variant"):
+        sweep.sweep([bad], runs_dir=tmp_path / "runs")
+    bad_value = _grid(tmp_path / "v.yaml", {**NB_TINY, "model": tiny}, {"variant": ["lora", "loraa"]})
+    with pytest.raises(sweep.GridError, match="unknown variant 'loraa'"):
+        sweep.sweep([bad_value], runs_dir=tmp_path / "runs")
+    assert main(["sweep", str(bad_value), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert not (tmp_path / "runs").exists()                         # nothing started
+
+
+def test_sweep_carries_on_past_a_failure_lists_it_and_skips_complete_runs(tiny, tmp_path, capsys):
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    base = {**NB_TINY, "variant": "lora", "model": tiny, "overrides": {"attn_bn": 4}}
+    _grid(grids / "a.yaml", {**base, "lr": 1.0e30, "max_steps": 4, "eval_every": 4})   # NaN loss
+    _grid(grids / "b.yaml", base, {"seed": [0, 1]})
+    runs_dir = tmp_path / "runs"
+    assert main(["sweep", str(grids), "--runs-dir", str(runs_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "[1/3]" in out and "[3/3]" in out and "FAILED runs:" in out and "at step" in out
+    df = runs.load_runs(runs_dir, include_failed=True).set_index("seed")
+    assert sorted(df["status"]) == ["complete", "complete", "failed"]
+    for rid in df["run_id"]:                                          # the executed notebook is in the record
+        assert json.loads((runs_dir / rid / "train.ipynb").read_text())["cells"]
+    # again: the complete runs are skipped, the failed one is tried again (and fails again)
+    outcomes = sweep.sweep([grids], runs_dir=runs_dir, log=lambda line: None)
+    assert [o.status for o in outcomes] == ["failed", "skipped", "skipped"]
+    assert "at step" in outcomes[0].reason
+    dry = []
+    sweep.sweep([grids], runs_dir=runs_dir, dry_run=True, log=dry.append)
+    assert [line.split(" ... ")[1].split()[0] for line in dry] == ["run", "skip", "skip"]
+
+
+def test_two_sweeps_on_one_runs_folder_run_each_point_once(tiny, tmp_path):
+    grid = _grid(tmp_path / "g.yaml", {**NB_TINY, "variant": "lora", "model": tiny}, {"seed": [0, 1]})
+    runs_dir = tmp_path / "runs"
+    cmd = [PYTHON, "-m", "petl", "sweep", str(grid), "--runs-dir", str(runs_dir)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    lines = [line for out in outs for line in out.splitlines()
+             if re.match(r"^\[\d+/2\] ", line) and not line.endswith("running")]
+    ran = [line for line in lines if " ... complete" in line]
+    assert len(ran) == 2, outs                                        # each point ran exactly once
+    assert all((" ... skipped" in line or " ... locked" in line) for line in lines if line not in ran), outs
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("error")
+        df = runs.load_runs(runs_dir)
+    assert sorted(df["seed"]) == [0, 1]
+    assert all((runs_dir / rid / "train.ipynb").exists() for rid in df["run_id"]), (outs, [sorted(p.name for p in (runs_dir / r).iterdir()) for r in df["run_id"]])
+    assert list((runs_dir / ".locks").iterdir()) == []
