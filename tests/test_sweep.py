@@ -108,3 +108,18 @@ def test_two_sweeps_on_one_runs_folder_run_each_point_once(tiny, tmp_path):
     assert sorted(df["seed"]) == [0, 1]
     assert all((runs_dir / rid / "train.ipynb").exists() for rid in df["run_id"]), (outs, [sorted(p.name for p in (runs_dir / r).iterdir()) for r in df["run_id"]])
     assert list((runs_dir / ".locks").iterdir()) == []
+
+
+def test_explore_notebook_loads_a_trained_method_and_plots_what_it_learned(tiny, tmp_path):
+    from petl.train import TrainConfig, train
+    record = train(TrainConfig(**{**TINY, "variant": "mam", "model": tiny,
+                                  "overrides": {"attn_bn": 4, "ffn_bn": 8, "mid_dim": 16}}), runs_dir=tmp_path)
+    out = tmp_path / "explore.ipynb"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "explore.ipynb"), str(out), cwd=str(ROOT),
+                               progress_bar=False, parameters={"runs_dir": str(tmp_path)})
+    nb = json.loads(out.read_text())
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    text = json.dumps(outputs)
+    assert record.run_id in text and "negative" in text and "positive" in text   # the chosen run, classified
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3             # gates, norms, curve
+    assert "λ(x)" in json.dumps(nb["cells"][6]["source"]) and "no prefix" not in text
