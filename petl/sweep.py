@@ -22,6 +22,7 @@ import ast
 import dataclasses
 import itertools
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,16 @@ def read_grid(path: str | os.PathLike) -> list[dict]:
     if both:
         raise GridError(f"grid file {path}: {sorted(both)} given both in 'fixed' and in 'grid'")
     names = list(grid)
-    return [{**fixed, **dict(zip(names, combo))} for combo in itertools.product(*grid.values())]
+    points = [{**fixed, **dict(zip(names, combo))} for combo in itertools.product(*grid.values())]
+    return [{k: _number(v) for k, v in p.items()} for p in points]
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _number(value):
+    """YAML 1.1 reads 1e-3 (no dot) as a string; take it as the number it is meant to be."""
+    return float(value) if isinstance(value, str) and _FLOAT.match(value.strip()) else value
 
 
 def grid_files(paths: list[str | os.PathLike]) -> list[Path]:
@@ -146,7 +156,17 @@ def _failure_reason(runs_dir: Path, rid: str, error: BaseException | None) -> st
         ename = getattr(error, "ename", type(error).__name__)
         evalue = getattr(error, "evalue", str(error))
         return f"{ename}: {evalue}".strip()
-    return f"no complete record was written (status {status})"
+    return f"no record was written under {rid} (status {status})"
+
+
+def _record_named_in(notebook: Path) -> str | None:
+    """The record path the notebook printed ('record: <path>'), if any."""
+    try:
+        text = notebook.read_text()
+    except OSError:
+        return None
+    m = re.search(r"record: ([^\\\n\"]+)", text)
+    return m.group(1).strip() if m else None
 
 
 def run_point(index: int, total: int, point: dict, rid: str, runs_dir: Path, notebook: Path,
@@ -175,8 +195,13 @@ def run_point(index: int, total: int, point: dict, rid: str, runs_dir: Path, not
             fresh = _mtime(runs_dir / rid) != before
             if status in ("complete", "failed") and fresh and out_nb.exists():
                 runs.add_file_to_record(runs_dir / rid, "train.ipynb", out_nb)
+            named = _record_named_in(out_nb)
             if out_nb.exists():
                 out_nb.unlink()
+            if status is None and named and Path(named).name != rid:
+                return Outcome(index, rid, "failed", time.perf_counter() - t0,
+                               f"the notebook wrote its record as {Path(named).name}, not {rid}: did the code "
+                               f"or a default change during the sweep? Run the sweep again")
             if status == "complete" and error is None:
                 return Outcome(index, rid, "complete", time.perf_counter() - t0)
             return Outcome(index, rid, "failed", time.perf_counter() - t0, _failure_reason(runs_dir, rid, error))

@@ -12,7 +12,7 @@ import pytest
 
 from petl import runs
 from petl.train import TrainConfig, resolve_run, train
-from training_helpers import PYTHON, ROOT, TINY, cli_args, subprocess_env, tiny_bert_folder
+from training_helpers import PYTHON, ROOT, TINY, cli_args, subprocess_env, tiny_bert_folder, tiny_llama_folder
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,22 @@ def test_nan_loss_stops_the_run_with_a_failed_record_naming_the_step(tiny, tmp_p
     assert runs.load_runs(tmp_path).empty
     assert len(runs.load_runs(tmp_path, include_failed=True)) == 1
     assert not runs.is_complete(tmp_path, record.run_id)
+
+
+def test_generation_run_with_a_decoder_scores_rouge_on_generated_text(tmp_path):
+    tiny = str(tiny_llama_folder(tmp_path / "tiny-llama"))
+    cfg = TrainConfig(variant="lora", task="bbc-xsum", model=tiny, max_steps=2, eval_every=2, batch_size=4,
+                      max_train_examples=16, max_eval_examples=4, max_test_examples=4, max_source_length=48,
+                      max_target_length=12, gen_max_length=6, gen_min_length=2, num_beams=2, lr=1e-3,
+                      overrides={"attn_bn": 4}, progress=False)
+    resolved = cfg.resolved()
+    assert (resolved.label_smoothing, resolved.max_grad_norm) == (0.1, 0.1)     # Table 8, XSum row
+    record = train(cfg, runs_dir=tmp_path / "runs")
+    assert record.status == "complete", record.metrics.get("reason")
+    m = record.metrics
+    assert m["primary_metric"] == "rouge2" and set(m["test"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert all(0 <= v <= 100 for v in m["test"].values())
+    assert record.history["loss"].gt(0).all()
 
 
 # ---- killed at every phase -------------------------------------------------------------------------------

@@ -30,6 +30,24 @@ def tiny_bert_folder(path: Path) -> Path:
     return path
 
 
+def tiny_llama_folder(path: Path) -> Path:
+    """Save a random 2-layer Llama (hidden 32) with the real SmolLM2 tokenizer into `path`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from petl import assets
+    if (path / "config.json").exists():
+        return path
+    tok = AutoTokenizer.from_pretrained(assets.ensure("smollm2-135m"))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def subprocess_env(**extra) -> dict:
     """Environment for `python -m petl ...` children: the repo on the path, few threads, no hub."""
     env = dict(os.environ)
