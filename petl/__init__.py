@@ -4,14 +4,28 @@
     model = petl.apply(model, "mam")          # or a PETLConfig, or a preset plus option overrides
     petl.parameter_report(model)
     petl.save(model, "out/"); petl.load(fresh_model, "out/")
+
+Names are imported on first use, so `python -m petl.assets` does not pay for importing torch.
 """
 
-from petl.accounting import parameter_report
-from petl.config import PETLConfig, PRESETS, resolve
-from petl.core import apply, config_of, merge, unmerge
-from petl.io import load, save
+from importlib import import_module
 
-VARIANTS = tuple(sorted(PRESETS))
+_EXPORTS = {
+    "PETLConfig": "petl.config", "PRESETS": "petl.config", "resolve": "petl.config",
+    "apply": "petl.core", "config_of": "petl.core", "merge": "petl.core", "unmerge": "petl.core",
+    "parameter_report": "petl.accounting", "save": "petl.io", "load": "petl.io",
+}
 
-__all__ = ["PETLConfig", "PRESETS", "VARIANTS", "apply", "config_of", "load", "merge", "parameter_report",
-           "resolve", "save", "unmerge"]
+__all__ = sorted([*_EXPORTS, "VARIANTS"])
+
+
+def __getattr__(name: str):
+    if name == "VARIANTS":
+        return tuple(sorted(import_module("petl.config").PRESETS))
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'petl' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

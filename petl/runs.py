@@ -47,6 +47,8 @@ REQUIRED_TRAIN_KEYS = ("task", "model", "variant", "seed")
 REQUIRED_METRICS_KEYS = ("status",)
 REQUIRED_COMPLETE_KEYS = ("dev", "test", "best_step", "wall_time_s", "tokens_per_s", "parameters")
 STATUSES = ("complete", "failed")
+# Folders of runs/ that hold other records than training runs (petl.baselines, benchmarks/).
+RESERVED_FOLDERS = ("baselines", "benchmarks")
 
 # Keys of the training configuration that do not change what a run computes; they stay out of its hash.
 _NOT_HASHED = ("runs_dir", "force", "progress", "weights_dir")
@@ -425,7 +427,7 @@ def iter_records(runs_dir: str | os.PathLike) -> Iterator[Path]:
     if not runs_dir.is_dir():
         return
     for p in sorted(runs_dir.iterdir()):
-        if p.is_dir() and not p.name.startswith("."):
+        if p.is_dir() and not p.name.startswith(".") and p.name not in RESERVED_FOLDERS:
             yield p
 
 

@@ -1,0 +1,60 @@
+"""Reference points that need no training, written as small records beside the runs.
+
+`python -m petl.baselines [--runs-dir runs]` writes runs/baselines/<name>.json:
+- bbc-xsum lead: the first sentence of the article body (LEAD-1), scored against the held-out lead sentence,
+  on the same first test examples the SmolLM2 runs are scored on;
+- majority class for each classification stand-in (the accuracy of always answering the commonest label).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from petl import metrics, tasks
+
+
+def lead_record(task: str = "bbc-xsum", n_examples: int | None = 60) -> dict:
+    data = tasks.load_task(task)["test"]
+    if n_examples is not None:
+        data = data.select(range(min(n_examples, len(data))))
+    predictions = tasks.lead_baseline(data["source"])
+    return dict(name=f"{task}-lead", task=task, kind="lead-1", test_examples=len(data),
+                test=metrics.compute_metrics(task, predictions, data["target"]))
+
+
+def majority_record(task: str) -> dict:
+    data = tasks.load_task(task)
+    common, _ = Counter(data["train"]["label"]).most_common(1)[0]
+    test = data["test"]["label"]
+    return dict(name=f"{task}-majority", task=task, kind="majority-class", test_examples=len(test),
+                test=dict(accuracy=sum(y == common for y in test) / len(test)))
+
+
+def write(record: dict, runs_dir: str | os.PathLike) -> Path:
+    """Atomically write one baseline record (temp file + os.replace)."""
+    folder = Path(runs_dir) / "baselines"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{record['name']}.json"
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:
+        json.dump(record, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, target)
+    return target
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m petl.baselines", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs-dir", default="runs")
+    args = parser.parse_args(argv)
+    for record in (lead_record("bbc-xsum", 60), majority_record("rt-polarity"), majority_record("vitaminc")):
+        print(write(record, args.runs_dir), json.dumps(record["test"]))
+
+
+if __name__ == "__main__":
+    main()
