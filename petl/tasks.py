@@ -67,6 +67,7 @@ stand-in.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
 import difflib
 import hashlib
@@ -424,15 +425,52 @@ def load_task(
     target = root / f"{spec.name}-{key}"
     if target.is_dir() and (target / _COMPLETE).is_file() and not rebuild:
         return datasets.load_from_disk(str(target))
+    root.mkdir(parents=True, exist_ok=True)
+    with _build_lock(root / f".{target.name}.lock"):  # several processes (torchrun ranks) may start at once
+        if rebuild or not (target / _COMPLETE).is_file():  # another process may have built it meanwhile
+            _build_into(spec, builder, folders, root, target)
+    return datasets.load_from_disk(str(target))
+
+
+_COMPLETE = "petl_task_complete.json"
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    """An exclusive POSIX file lock (a no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_into(spec: TaskSpec, builder, folders: Mapping[str, Path], root: Path, target: Path) -> None:
+    """Build, save to a temporary folder beside ``target``, fsync, then rename it into place.
+
+    The completion marker is written last inside the temporary folder, so ``target`` either does not
+    exist or is complete; a killed build leaves only a ``.<name>.tmp-*`` folder, removed by the next.
+    """
+    for stale in root.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     dsd = builder(folders)
     _check_splits(spec, dsd)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # a save bar per split is noise in notebooks
     try:
         dsd.save_to_disk(str(tmp))
         (tmp / _COMPLETE).write_text(json.dumps(split_summary(dsd, spec), indent=1))
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -441,10 +479,6 @@ def load_task(
             datasets.enable_progress_bars()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return datasets.load_from_disk(str(target))
-
-
-_COMPLETE = "petl_task_complete.json"
 
 
 def _ensure(asset: str) -> Path:

@@ -9,6 +9,7 @@ import dataclasses
 import io
 import json
 import time
+from pathlib import Path
 
 import datasets
 import pytest
@@ -162,7 +163,7 @@ def test_builds_are_deterministic_and_cached(fake_assets, tmp_path):
     c = tasks.load_task("vitaminc", cache_dir=tmp_path / "other", asset_dirs=fake_assets)  # rebuilt
     for s in a:
         assert a[s].to_dict() == b[s].to_dict() == c[s].to_dict()
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temp left
+    assert not [p for p in (tmp_path / "cache").iterdir() if ".tmp-" in p.name]  # no temp left
 
 
 def test_incomplete_cache_is_rebuilt(fake_assets, tmp_path):
@@ -173,6 +174,45 @@ def test_incomplete_cache_is_rebuilt(fake_assets, tmp_path):
         f.write_bytes(b"garbage")
     d = _load("rt-polarity", fake_assets, tmp_path)
     assert len(d["test"]) == 7 and (folder / tasks._COMPLETE).is_file()
+
+
+def test_stale_temp_folders_are_removed(fake_assets, tmp_path):
+    d = _load("rt-polarity", fake_assets, tmp_path)
+    target = next((tmp_path / "cache").glob("rt-polarity-*"))
+    stale = tmp_path / "cache" / f".{target.name}.tmp-killed"  # what a killed build leaves
+    stale.mkdir()
+    (stale / "half.arrow").write_bytes(b"x")
+    _load("rt-polarity", fake_assets, tmp_path, rebuild=True)
+    assert not stale.exists()
+    assert len(_load("rt-polarity", fake_assets, tmp_path)["test"]) == len(d["test"])
+
+
+_RACE = """
+import dataclasses, json, sys
+from petl import tasks
+spec = tasks.TASKS["rt-polarity"]
+tasks.TASKS["rt-polarity"] = dataclasses.replace(spec, splits={"train": 26, "validation": 7, "test": 7})
+d = tasks.load_task("rt-polarity", cache_dir=sys.argv[1], asset_dirs={"rt-polarity": sys.argv[2]})
+print(json.dumps(d["test"]["text"][:]))
+"""
+
+
+def test_concurrent_builds_agree(fake_assets, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "race"
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(cache), str(fake_assets["rt-polarity"])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    first, second = (json.loads(o.strip().splitlines()[-1]) for o, _ in outs)
+    assert first == second and len(first) == 7
+    assert len(list(cache.glob("rt-polarity-*"))) == 1 and not list(cache.glob(".*.tmp-*"))
 
 
 def test_vitaminc_build_splits_by_page(fake_assets, tmp_path):
