@@ -1,0 +1,303 @@
+"""What the book's chapters call: run records as tables beside the paper's numbers, and the plots.
+
+The book never trains. Each chapter reads the complete run records in `runs/` (`petl.runs.load_runs`),
+aggregates seeds as mean ± std, and puts them beside the paper's reported numbers (`data/paper/results.csv`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from petl.runs import load_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER_CSV = ROOT / "data" / "paper" / "results.csv"
+METRIC_LABELS = {"accuracy": "accuracy (%)", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
+                 "rougeLsum": "ROUGE-Lsum", "bleu": "BLEU"}
+
+
+def runs_dir() -> Path:
+    """The runs folder the book reads: $PETL_RUNS_DIR, or runs/ in the repository."""
+    return Path(os.environ.get("PETL_RUNS_DIR", ROOT / "runs"))
+
+
+def book_runs(directory: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Every complete run, with damaged records reported (named) and skipped; adds `size` and `label` columns."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = load_runs(directory or runs_dir())
+    for warning in caught:
+        print(f"WARNING: {warning.message}")
+    if df.empty:
+        return df
+    df = df.copy()
+    df["size"] = [_size(row) for _, row in df.iterrows()]
+    df["label"] = [variant_label(row) for _, row in df.iterrows()]
+    return df
+
+
+def _override(row, key):
+    value = row.get(f"overrides.{key}")
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _size(row) -> str:
+    """The method's size in the paper's notation (l for prefix / prompt, r for adapters / LoRA)."""
+    parts = []
+    attn_mode, ffn_mode = row.get("petl.attn_mode"), row.get("petl.ffn_mode")
+    if attn_mode in ("prefix", "prefix_nomlp", "prompt_tuning"):
+        parts.append(f"l={int(row['petl.attn_bn'])}")
+    elif attn_mode in ("adapter", "lora"):
+        parts.append(f"r={int(row['petl.attn_bn'])}")
+    if ffn_mode in ("adapter", "lora"):
+        parts.append(f"r={int(row['petl.ffn_bn'])}" if not parts else f"r_ffn={int(row['petl.ffn_bn'])}")
+    return ", ".join(parts)
+
+
+def variant_label(row) -> str:
+    """A readable name: the variant plus the sizes and scale that the run used."""
+    label = str(row["variant"])
+    size = _size(row)
+    if size:
+        label += f" ({size})"
+    scalar = row.get("petl.ffn_adapter_scalar")
+    if row.get("petl.ffn_mode") == "adapter" and scalar not in (None, 1, 1.0, "1.0"):
+        label += f" s={scalar}" if scalar != "learnable_scalar" else " s=learned"
+    if row.get("petl.ffn_mode") == "lora" or row.get("petl.attn_mode") == "lora":
+        rank = row["petl.attn_bn"] if row.get("petl.attn_mode") == "lora" else row["petl.ffn_bn"]
+        label += f" s={row['petl.lora_alpha'] / rank:g}"
+    return label
+
+
+def select(df: pd.DataFrame, **where) -> pd.DataFrame:
+    """Rows matching every column == value (a list means 'any of')."""
+    if df.empty:
+        return df
+    mask = pd.Series(True, index=df.index)
+    for column, value in where.items():
+        if column not in df:
+            return df.iloc[0:0]
+        mask &= df[column].isin(value) if isinstance(value, (list, tuple, set)) else df[column] == value
+    return df[mask]
+
+
+def summarize(df: pd.DataFrame, metric: str, by=("label",), split: str = "test") -> pd.DataFrame:
+    """Mean ± std over seeds of `split.metric`, with the run count and the paper-convention % parameters."""
+    column = f"{split}.{metric}"
+    if df.empty or column not in df:
+        return pd.DataFrame(columns=[*by, "params %", "mean", "std", "seeds", metric])
+    grouped = df.groupby(list(by), sort=False)
+    out = grouped.agg(**{"params %": ("parameters.paper_pct", "mean"), "mean": (column, "mean"),
+                         "std": (column, "std"), "seeds": ("seed", "nunique")}).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    scale = 100.0 if metric == "accuracy" else 1.0
+    out["mean"] *= scale
+    out["std"] *= scale
+    out[metric] = [f"{m:.1f} ± {s:.1f}" if n > 1 else f"{m:.1f}" for m, s, n in
+                   zip(out["mean"], out["std"], out["seeds"])]
+    return out
+
+
+def paper_results(table: str | None = None, task: str | None = None, metric: str | None = None) -> pd.DataFrame:
+    """The paper's reported numbers (He et al., ICLR 2022), as tidy rows."""
+    df = pd.read_csv(PAPER_CSV)
+    if table is not None:
+        df = df[df["table"] == table]
+    if task is not None:
+        df = df[df["task"] == task]
+    if metric is not None:
+        df = df[df["metric"] == metric]
+    return df.reset_index(drop=True)
+
+
+def paper_column(table: str, task: str, metric: str, rows: dict[str, str]) -> list:
+    """The paper's value for each of our rows: rows maps our label -> the paper's method name."""
+    df = paper_results(table, task, metric).set_index("method")["value"]
+    return [df.get(method, float("nan")) if method else float("nan") for method in rows.values()]
+
+
+def side_by_side(ours: pd.DataFrame, metric: str, paper: dict[str, tuple[str, str, str, str]],
+                 ours_name: str, paper_name: str) -> pd.DataFrame:
+    """Our mean ± std beside the paper's number for the same method.
+
+    paper maps our label -> (table, task, metric, the paper's method name).
+    """
+    rows = []
+    for _, row in ours.iterrows():
+        entry = paper.get(row.iloc[0])
+        value, pct = "", ""
+        if entry is not None:
+            table, task, paper_metric, method = entry
+            found = paper_results(table, task, paper_metric)
+            found = found[found["method"] == method]
+            if not found.empty:
+                value = f"{found['value'].iloc[0]:.2f}"
+                pct = found["tuned_params_pct"].iloc[0]
+                pct = "" if pd.isna(pct) else f"{pct:g}"
+        rows.append({"method": row.iloc[0], f"% params ({ours_name})": f"{row['params %']:.2f}",
+                     f"{metric} ({ours_name})": row[metric], f"% params ({paper_name})": pct,
+                     f"paper ({paper_name})": value})
+    return pd.DataFrame(rows)
+
+
+def benchmark_records(directory: str | os.PathLike | None = None) -> list[dict]:
+    """Benchmark run records (runs/benchmarks/*.json), newest first; damaged files are named and skipped."""
+    folder = Path(directory or runs_dir()) / "benchmarks"
+    records = []
+    for path in sorted(folder.glob("*.json"), reverse=True):
+        try:
+            records.append(json.loads(path.read_text()) | {"_path": str(path)})
+        except (OSError, json.JSONDecodeError) as error:
+            print(f"WARNING: skipping damaged benchmark record {path}: {error}")
+    return records
+
+
+def errorbar_plot(ax, summary: pd.DataFrame, metric: str, title: str = "") -> None:
+    """Horizontal bars of mean ± std per method."""
+    ax.barh(summary.iloc[:, 0], summary["mean"], xerr=summary["std"], color="#4c72b0", alpha=0.85, capsize=3)
+    ax.invert_yaxis()
+    ax.set_xlabel(METRIC_LABELS.get(metric, metric))
+    low = (summary["mean"] - summary["std"]).min()
+    high = (summary["mean"] + summary["std"]).max()
+    pad = max(1.0, 0.1 * (high - low))
+    ax.set_xlim(max(0.0, low - pad), high + pad)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def pareto_plot(ax, summary: pd.DataFrame, metric: str, title: str = "", log_x: bool = True) -> None:
+    """% parameters (paper convention, log scale) against the metric, one point per method, with std bars."""
+    for _, row in summary.iterrows():
+        x = max(row["params %"], 1e-3)
+        ax.errorbar(x, row["mean"], yerr=row["std"], fmt="o", capsize=3)
+        ax.annotate(str(row.iloc[0]), (x, row["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel("fine-tuned parameters (% of the backbone, paper's convention)")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
+def show(frame: pd.DataFrame, empty: str = "No complete runs for this table yet: `make book` runs them."):
+    """Display a table without its index; an empty table is replaced by a sentence saying why."""
+    from IPython.display import HTML, display
+    if frame is None or frame.empty:
+        display(HTML(f"<p><em>{empty}</em></p>"))
+        return
+    display(HTML(frame.to_html(index=False, na_rep="—")))
+
+
+def baseline(name: str, directory: str | os.PathLike | None = None) -> dict | None:
+    """A record written by `python -m petl.baselines` (runs/baselines/<name>.json), or None."""
+    path = Path(directory or runs_dir()) / "baselines" / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as error:
+        print(f"WARNING: skipping damaged baseline record {path}: {error}")
+        return None
+
+
+def _by_variant(table: pd.DataFrame, variant: str):
+    rows = table[table.iloc[:, 0].astype(str).str.split(" ").str[0] == variant]
+    return None if rows.empty else rows.iloc[0]
+
+
+def _relation(a, b, name_b: str) -> str:
+    """'above X (+d)', 'below X (−d)' or 'within noise of X (±d)': noise is the larger std over seeds."""
+    diff = a["mean"] - b["mean"]
+    noise = max(a["std"], b["std"])
+    if a["seeds"] < 2 or b["seeds"] < 2:
+        word = "above" if diff > 0 else "below" if diff < 0 else "equal to"
+        return f"{word} {name_b} ({diff:+.1f}, single seed)"
+    if abs(diff) <= noise:
+        return f"within one standard deviation of {name_b} ({diff:+.1f})"
+    return f"{'above' if diff > 0 else 'below'} {name_b} ({diff:+.1f})"
+
+
+def compare(table: pd.DataFrame, variant: str, others: list[str]) -> str:
+    """How `variant` stands against each of `others` in a summarize() table, as words with the differences."""
+    a = _by_variant(table, variant)
+    if a is None:
+        return f"not measured yet ({variant} has no complete run)"
+    parts = [_relation(a, b, other) for other in others if (b := _by_variant(table, other)) is not None]
+    return ", ".join(parts) if parts else "not comparable yet (the other methods have no complete run)"
+
+
+def compare_labels(table: pd.DataFrame, label_a: str | None, label_b: str | None) -> str:
+    """Like compare, for two rows named by their full label."""
+    rows = {str(r.iloc[0]): r for _, r in table.iterrows()}
+    if label_a not in rows or label_b not in rows:
+        return "not measured yet"
+    return _relation(rows[label_a], rows[label_b], "it")
+
+
+def compare_at(summary: pd.DataFrame, variant_a: str, variant_b: str, size_a: str, size_b: str | None = None) -> str:
+    """compare() for a (variant, size) summary: variant_a at size_a against variant_b at size_b."""
+    def pick(variant, size):
+        rows = summary[(summary["variant"] == variant) & (summary["size"].astype(str).str.contains(size, regex=False))]
+        return None if rows.empty else rows.iloc[0]
+    a, b = pick(variant_a, size_a), pick(variant_b, size_b or size_a)
+    if a is None or b is None:
+        return "not measured yet at that size"
+    return _relation(a, b, "it").replace(" it ", " ").replace("of it", "").replace(" it", "")
+
+
+def compare_baseline(table: pd.DataFrame, metric: str, record: dict | None) -> str:
+    """One sentence per method: its metric against a baseline record's."""
+    if table.empty:
+        return "No generation run is complete yet."
+    if record is None:
+        return "The baseline record is missing (run `python -m petl.baselines`)."
+    base = record["test"][metric]
+    parts = [f"{row.iloc[0]} reaches {METRIC_LABELS.get(metric, metric)} {row['mean']:.1f} "
+             f"({'above' if row['mean'] > base else 'below'} the lead-1 baseline's {base:.1f})"
+             for _, row in table.iterrows()]
+    return "; ".join(parts) + "."
+
+
+def benchmark_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
+    """Per benchmark record: every target with its measured ratio (median of per-round paired ratios)."""
+    tables = {}
+    for record in records:
+        name = Path(record["_path"]).name
+        device = record.get("machine", {}).get("gpu") or record.get("machine", {}).get("cpu", "")
+        rows = [{"shape": t.get("shape"), "method": t.get("method"), "target": t.get("target"),
+                 "measured": "—" if t.get("value") is None else f"{t['value']:.3f}",
+                 "met": {True: "yes", False: "no", None: "n/a"}[t.get("met")]}
+                for t in record.get("targets", [])]
+        if rows:
+            tables[f"{name} ({device}, {'quick' if record.get('quick') else 'full'} run)"] = pd.DataFrame(rows)
+    return tables
+
+
+def benchmark_plot(records: list[dict]) -> None:
+    """Training-step time as a multiple of the floor, per method and shape, from the newest CPU record."""
+    import matplotlib.pyplot as plt
+    cpu = [r for r in records if r.get("targets") and not r.get("machine", {}).get("gpu")]
+    if not cpu:
+        print("No CPU benchmark record yet: run `python -m benchmarks.run`.")
+        return
+    record = cpu[0]
+    targets = [t for t in record["targets"] if "x floor" in t.get("target", "") and t.get("value") is not None]
+    shapes = sorted({t["shape"] for t in targets})
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 3.5), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        rows = [t for t in targets if t["shape"] == shape]
+        ax.barh([t["method"] for t in rows], [t["value"] for t in rows], color="#4c72b0")
+        ax.axvline(1.0, color="black", lw=1)
+        ax.axvline(rows[0]["limit"], color="red", ls="--", label=f"target {rows[0]['limit']}x")
+        ax.invert_yaxis()
+        ax.set_xlabel("training step time / floor (median of paired ratios)")
+        ax.set_title(shape)
+        ax.legend()
+    plt.tight_layout()
+    plt.show()
