@@ -185,9 +185,9 @@ def cpu_memory(specs: dict[str, MethodSpec], template, shape, steps: int) -> dic
             out[name] = dict(unsupported=str(error))
             continue
         gc.collect()
-        baseline = _status_kb("VmRSS")
         if not reset_peak_rss():
             raise RuntimeError("cannot reset the peak resident set (/proc/self/clear_refs); Linux is required")
+        baseline = _status_kb("VmRSS")
         try:
             for _ in range(steps):
                 item.step()

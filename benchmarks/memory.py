@@ -1,6 +1,6 @@
 """Peak training memory of each method on CPU, measured in a fresh process (run by benchmarks.run).
 
-    MALLOC_MMAP_THRESHOLD_=65536 python -m benchmarks.memory --shape minilm --methods floor lora --out m.json
+    MALLOC_MMAP_THRESHOLD_=65536 python -m benchmarks.memory --shapes minilm --methods floor lora --out m.json
 
 The low mmap threshold makes glibc return freed tensors to the kernel at once, so that the resident set
 follows the live tensors; `floor` is measured again at the end ('floor_again') to show that the order of
@@ -22,42 +22,53 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", required=True)
+    parser.add_argument("--shapes", nargs="+", required=True)
     parser.add_argument("--methods", nargs="+", required=True)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    from benchmarks.measure import cpu_memory, environment_threads
-    from benchmarks.methods import glue_methods
-    from benchmarks.shapes import get_shape
+    from benchmarks.measure import environment_threads
     from petl.runs import write_text_atomic
 
     environment_threads(args.threads)
-    specs = glue_methods()
-    unknown = [m for m in args.methods if m not in specs]
-    if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; valid: {', '.join(specs)}")
-    chosen = {m: specs[m] for m in args.methods}
-    if "floor" in chosen:
-        chosen["floor_again"] = specs["floor"]
-    shape = get_shape(args.shape)
-    template = shape.build()
-    result = dict(mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_"), steps=args.steps,
-                  methods=cpu_memory(chosen, template, shape, args.steps))
+    result = measure(args.shapes, args.methods, args.steps)
     write_text_atomic(args.out, json.dumps(result, indent=2, sort_keys=True))
 
 
-def run_subprocess(shape: str, methods: list[str], steps: int, threads: int, out: Path, timeout_s: float) -> dict:
+def measure(shape_names: list[str], method_names: list[str], steps: int) -> dict:
+    """Peak memory of each method on each shape, in this process (see benchmarks.measure.cpu_memory)."""
+    from benchmarks.measure import cpu_memory
+    from benchmarks.methods import glue_methods
+    from benchmarks.shapes import get_shape
+
+    specs = glue_methods()
+    unknown = [m for m in method_names if m not in specs]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; valid methods are {', '.join(specs)}")
+    chosen = {m: specs[m] for m in method_names}
+    if "floor" in chosen:
+        chosen["floor_again"] = specs["floor"]
+    result = dict(mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_"), steps=steps, shapes={})
+    for name in shape_names:
+        shape = get_shape(name)
+        template = shape.build()
+        result["shapes"][name] = cpu_memory(chosen, template, shape, steps)
+        del template
+    return result
+
+
+def run_subprocess(shapes: list[str], methods: list[str], steps: int, threads: int, out: Path,
+                   timeout_s: float) -> dict:
     """Run this module in a fresh interpreter with the low mmap threshold; return its result."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD, PYTHONPATH=str(ROOT) + os.pathsep
                + os.environ.get("PYTHONPATH", ""))
-    command = [sys.executable, "-m", "benchmarks.memory", "--shape", shape, "--methods", *methods,
+    command = [sys.executable, "-m", "benchmarks.memory", "--shapes", *shapes, "--methods", *methods,
                "--steps", str(steps), "--threads", str(threads), "--out", str(out)]
     completed = subprocess.run(command, cwd=ROOT, env=env, timeout=timeout_s, capture_output=True, text=True)
     if completed.returncode != 0:
-        raise RuntimeError(f"memory subprocess for {shape} failed (exit {completed.returncode}): "
+        raise RuntimeError(f"memory subprocess for {shapes} failed (exit {completed.returncode}): "
                            f"{completed.stderr[-2000:]}")
     result = json.loads(Path(out).read_text())
     Path(out).unlink()

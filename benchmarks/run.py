@@ -8,7 +8,7 @@ Per shape, in one process: every method is built on one random-initialised templ
 shared), warmed up, then timed one training step each per round, round-robin with the order rotated every
 round; a ratio is the median over rounds of the per-round paired ratio (method / floor, ours / PEFT's), so
 slow drifts of a shared machine cancel. Then LoRA inference (bare / unmerged / merged) the same way, and peak
-memory in a fresh process per shape (benchmarks.memory).
+memory of every method, all shapes, in one fresh process afterwards (benchmarks.memory).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 
 from benchmarks.measure import (environment_threads, inference_rounds, lora_inference_models, log, median_time,
                                 paired_ratio, prepare_all, time_rounds)
+from benchmarks.memory import measure as measure_in_process
 from benchmarks.memory import run_subprocess
 from benchmarks.methods import FLOOR, GLUE_SIZES, glue_methods
 from benchmarks.shapes import get_shape
@@ -115,15 +116,6 @@ def bench_shape(shape_name: str, args, specs: dict) -> dict:
             max_abs_logit_difference_merged_vs_unmerged=difference)
     del template
 
-    # --- memory ---------------------------------------------------------------------------------------
-    if args.memory != "off":
-        steps = args.memory_steps or (1 if args.quick else 2)
-        names = [n for n in specs if n not in unsupported]
-        log(f"[{shape_name}] peak memory of {len(names)} methods ({steps} steps each, fresh process)")
-        with tempfile.TemporaryDirectory() as tmp:
-            memory = run_subprocess(shape_name, names, steps, args.threads, Path(tmp) / "memory.json",
-                                    timeout_s=args.budget_s * 2)
-        out["memory"] = _memory_summary(memory)
     return out
 
 
@@ -146,16 +138,31 @@ def _timing_summary(raw: dict, specs: dict, shape) -> dict:
     return summary
 
 
-def _memory_summary(memory: dict) -> dict:
-    methods = memory["methods"]
+def measure_memory(shapes: dict, specs: dict, args) -> None:
+    """Peak memory of every method that trained, all shapes in one fresh process; adds 'memory' per shape."""
+    steps = args.memory_steps or (1 if args.quick else 2)
+    names = [n for n in specs if any(n not in r["unsupported"] for r in shapes.values())]
+    log(f"peak memory of {len(names)} methods on {', '.join(shapes)} ({steps} steps each, {args.memory})")
+    if args.memory == "inprocess":  # quicker (no new interpreter) but glibc's heap is not set up for it
+        memory = measure_in_process(list(shapes), names, steps)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            memory = run_subprocess(list(shapes), names, steps, args.threads, Path(tmp) / "memory.json",
+                                    timeout_s=args.budget_s * 2)
+    for shape_name, result in shapes.items():
+        result["memory"] = _memory_summary(memory["shapes"][shape_name], memory)
+
+
+def _memory_summary(methods: dict, memory: dict) -> dict:
     floor = methods.get(FLOOR, {})
     ratios = {}
     for name, m in methods.items():
         if "increment_bytes" in m and floor.get("increment_bytes"):
             ratios[name] = dict(increment=m["increment_bytes"] / floor["increment_bytes"],
                                 with_weights=m["with_weights_bytes"] / floor["with_weights_bytes"])
-    return dict(method="fresh process per shape; peak VmHWM - VmRSS before the first step, "
-                       f"MALLOC_MMAP_THRESHOLD_={memory.get('mmap_threshold')}", steps=memory.get("steps"),
+    return dict(method="one process (fresh unless --memory inprocess), methods in turn; peak VmHWM - VmRSS "
+                       f"before the first step, MALLOC_MMAP_THRESHOLD_={memory.get('mmap_threshold')}",
+                steps=memory.get("steps"),
                 per_method=methods, ratio_to_floor=ratios)
 
 
@@ -181,8 +188,9 @@ def evaluate_targets(shapes: dict, specs: dict) -> list[dict]:
         if "inference" in result:
             ratio = result["inference"]["ratio_to_bare"]["lora_merged"]["wall_s"]["median"]
             row(shape_name, f"merged LoRA inference <= {MERGED_LIMIT}x bare", "lora_merged", ratio, MERGED_LIMIT)
-        if "memory" in result and "mam" in result["memory"]["ratio_to_floor"]:
-            m = result["memory"]["ratio_to_floor"]["mam"]
+        if "memory" in result and "mam" in result["memory"]["per_method"]:
+            nan = float("nan")
+            m = result["memory"]["ratio_to_floor"].get("mam", dict(increment=nan, with_weights=nan))
             row(shape_name, f"MAM peak training memory <= {MAM_MEMORY_LIMIT}x floor (increment)", "mam",
                 m["increment"], MAM_MEMORY_LIMIT, clock="memory")
             row(shape_name, f"MAM peak training memory <= {MAM_MEMORY_LIMIT}x floor (with weights)", "mam",
@@ -248,7 +256,8 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds per shape (default: per shape)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method before the rounds")
     parser.add_argument("--inference-rounds", type=int, default=None)
-    parser.add_argument("--memory", choices=("subprocess", "off"), default="subprocess")
+    parser.add_argument("--memory", choices=("subprocess", "inprocess", "off"), default="subprocess",
+                        help="peak memory in a fresh process (default), in this one (quick, rougher), or not")
     parser.add_argument("--memory-steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2 = the cores)")
     parser.add_argument("--budget-s", type=float, default=540.0,
@@ -289,6 +298,8 @@ def main(argv=None) -> dict:
                   methods={n: s.describe() for n, s in specs.items()}, shapes={})
     for shape_name in args.shapes:
         record["shapes"][shape_name] = bench_shape(shape_name, args, specs)
+    if args.memory != "off":
+        measure_memory(record["shapes"], specs, args)
     record["targets"] = evaluate_targets(record["shapes"], specs)
     record["machine"]["loadavg_end"] = list(os.getloadavg())
     record["wall_time_s"] = time.perf_counter() - started

@@ -1,0 +1,124 @@
+"""The benchmark command on tiny configs: the record's structure, finite positive ratios, the memory method."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import gpu, run  # noqa: E402
+from benchmarks.measure import paired_ratio  # noqa: E402
+from benchmarks.memory import MMAP_THRESHOLD, measure, run_subprocess  # noqa: E402
+from benchmarks.methods import build_model, glue_methods, share_frozen  # noqa: E402
+from benchmarks.shapes import get_shape  # noqa: E402
+
+METHODS = ["lora", "prompt_tuning", "mam", "peft_lora", "bitfit"]
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "cpu.json"
+    threads = torch.get_num_threads()
+    try:
+        run.main(["--quick", "--shapes", "tiny-bert", "tiny-llama", "--methods", *METHODS, "--threads", "1",
+                  "--rounds", "2", "--inference-rounds", "2", "--memory", "inprocess", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(out.read_text()), out
+
+
+def test_record_structure_and_ratios(record):
+    rec, path = record
+    assert not list(path.parent.glob(".*tmp*")), "the temporary file was left behind"
+    assert rec["kind"] == "petl-benchmark" and rec["quick"] is True
+    assert {"torch", "transformers", "peft"} <= set(rec["packages"])
+    assert rec["settings"]["sizes"] == {"length": 16, "rank": 16, "mam_scalar": 2.0}
+    assert set(rec["shapes"]) == {"tiny-bert", "tiny-llama"}
+    for shape, result in rec["shapes"].items():
+        timing = result["timing"]
+        assert timing["rounds"] == 2
+        measured = set(timing["raw"])
+        # Asked-for methods plus the floors they are divided by; what is missing is named with a reason.
+        assert measured | set(result["unsupported"]) == {"floor", "floor_prompt", *METHODS}
+        for name, times in timing["raw"].items():
+            assert len(times) == 2 and all(_finite_positive(t["wall_s"]) for t in times)
+        for name, ratio in timing["ratio_to_reference"].items():
+            assert _finite_positive(ratio["wall_s"]["median"]) and _finite_positive(ratio["cpu_s"]["median"])
+        assert timing["ratio_to_reference"]["prompt_tuning"]["reference"] == "floor_prompt"
+        assert timing["ratio_to_peer"]["lora"]["peer"] == "peft_lora"
+        assert _finite_positive(timing["ratio_to_peer"]["lora"]["wall_s"]["median"])
+        inference = result["inference"]
+        assert all(_finite_positive(r["wall_s"]["median"]) for r in inference["ratio_to_bare"].values())
+        assert inference["max_abs_logit_difference_merged_vs_unmerged"] < 1e-4  # merging keeps the function
+        memory = result["memory"]["per_method"]
+        assert memory["floor"]["increment_bytes"] >= 0 and memory["floor"]["weights_bytes"] > 0
+        assert result["parameters"]["lora"]["trainable"] == result["parameters"]["peft_lora"]["trainable"]
+    # BitFit has nothing to train on Llama (no biases): recorded as unsupported, not silently dropped.
+    assert "bias" in rec["shapes"]["tiny-llama"]["unsupported"]["bitfit"]
+    targets = {(t["shape"], t["method"], t["target"]) for t in rec["targets"]}
+    assert ("tiny-bert", "lora", "step <= 1.0x peft_lora") in targets
+    assert any(t[1] == "lora_merged" for t in targets) and any(t[1] == "mam" and "memory" in t[2] for t in targets)
+    assert all(t["met"] in (True, False, None) for t in rec["targets"])
+
+
+def test_memory_in_a_fresh_process(tmp_path):
+    result = run_subprocess(["tiny-bert"], ["floor", "lora"], steps=1, threads=1, out=tmp_path / "m.json",
+                            timeout_s=600)
+    assert result["mmap_threshold"] == MMAP_THRESHOLD and not (tmp_path / "m.json").exists()
+    methods = result["shapes"]["tiny-bert"]
+    assert set(methods) == {"floor", "lora", "floor_again"}  # the floor again at the end: the order check
+    for m in methods.values():
+        assert m["peak_rss_bytes"] >= m["baseline_rss_bytes"] > 0 and m["weights_bytes"] > 0
+    with pytest.raises(ValueError, match="valid methods are"):
+        measure(["tiny-bert"], ["nonsense"], steps=1)
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    a = [dict(wall_s=2.0), dict(wall_s=30.0), dict(wall_s=3.0)]
+    b = [dict(wall_s=1.0), dict(wall_s=10.0), dict(wall_s=3.0)]
+    assert paired_ratio(a, b)["median"] == 2.0  # rounds 3, 2 and 1: a slow round does not distort the ratio
+
+
+def test_methods_share_the_frozen_backbone():
+    shape = get_shape("tiny-bert")
+    template = shape.build()
+    copy = share_frozen(template)
+    assert copy.bert.encoder.layer[0].attention.self.query.weight is template.bert.encoder.layer[0].attention.self.query.weight
+    assert copy.classifier.weight is not template.classifier.weight  # every method trains its own head
+    full = build_model(glue_methods()["full"], template, shape.family)
+    assert all(p.requires_grad for p in full.parameters())
+    assert not any(p.requires_grad for p in template.parameters())  # full fine-tuning copied, did not unfreeze
+
+
+def test_unknown_shape_or_method_is_refused():
+    with pytest.raises(ValueError, match="valid shapes are"):
+        run.parse_args(["--shapes", "gpt5"])
+    with pytest.raises(SystemExit, match="valid methods are"):
+        run.main(["--methods", "nonsense", "--shapes", "tiny-bert", "--out", "/dev/null"])
+
+
+def test_gpu_script_logic_on_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    threads = torch.get_num_threads()
+    try:
+        rec = gpu.main(["--tiny", "--out", str(out), "--batches", "16", "--rounds", "2", "--warmup", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads(out.read_text())
+    assert saved["complete"] and saved["shape"] == "tiny-bart"
+    result = saved["batches"]["16"]
+    assert set(result["timing"]["raw"]) == {"floor", "full", "prefix", "lora", "pa_ffn", "mam", "peft_lora"}
+    assert all(_finite_positive(r["median"]) for r in result["timing"]["ratio_to_floor"].values())
+    assert rec["batches"]["16"]["timing"]["rounds"] == 2
