@@ -124,3 +124,25 @@ def test_explore_notebook_loads_a_trained_method_and_plots_what_it_learned(tiny,
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3             # gates, norms, curve
     gate_cell = next(c for c in nb["cells"] if "petl.inspect.gates(" in "".join(c["source"]))
     assert any("image/png" in o.get("data", {}) for o in gate_cell["outputs"]) and "no prefix" not in text
+
+
+def test_cli_rejects_bad_input_with_a_message_not_a_traceback(tmp_path, capsys):
+    assert main(["train", "--variant", "lorra", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown variant 'lorra'; valid variants:") and "Traceback" not in err
+    assert main(["train", "--max-steps", "-3", "--runs-dir", str(tmp_path)]) == 2
+    assert "max_steps must be a positive integer" in capsys.readouterr().err
+    assert main(["sweep", str(tmp_path / "missing.yaml"), "--runs-dir", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "broken.yaml").write_text("grid: {variant: [lora\n")
+    assert main(["sweep", str(tmp_path / "broken.yaml"), "--runs-dir", str(tmp_path)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    (tmp_path / "typo.yaml").write_text("fixed: {}\ngrids: {variant: [lora]}\n")
+    assert main(["sweep", str(tmp_path / "typo.yaml"), "--runs-dir", str(tmp_path)]) == 2
+    assert "unknown top-level key(s) ['grids']" in capsys.readouterr().err
+    assert not any(tmp_path.glob("*/config.json"))
+
+
+def test_yaml_exponents_without_a_dot_are_numbers(tmp_path):
+    points = sweep.read_grid(_grid(tmp_path / "g.yaml", {"lr": "1e-3"}, {"seed": [0, 1]}))
+    assert points == [{"lr": 0.001, "seed": 0}, {"lr": 0.001, "seed": 1}]
