@@ -95,10 +95,7 @@ def summarize(df: pd.DataFrame, metric: str, by=("label",), split: str = "test")
     grouped = df.groupby(list(by), sort=False)
     out = grouped.agg(**{"params %": ("parameters.paper_pct", "mean"), "mean": (column, "mean"),
                          "std": (column, "std"), "seeds": ("seed", "nunique")}).reset_index()
-    out["std"] = out["std"].fillna(0.0)
-    scale = 100.0 if metric == "accuracy" else 1.0
-    out["mean"] *= scale
-    out["std"] *= scale
+    out["std"] = out["std"].fillna(0.0)  # metrics are recorded on a 0-100 scale
     out[metric] = [f"{m:.1f} ± {s:.1f}" if n > 1 else f"{m:.1f}" for m, s, n in
                    zip(out["mean"], out["std"], out["seeds"])]
     return out
