@@ -18,13 +18,12 @@ test: $(STAMP)
 
 book: $(STAMP)
 	$(PY) -m petl.assets fetch $(BOOK_ASSETS)
-	@if [ -d book/grids ]; then \
-		echo "$(PY) -m petl sweep book/grids"; $(PY) -m petl sweep book/grids; \
-	else \
-		echo "book/grids/ does not exist: no experiments to run"; \
-	fi
+	$(PY) -m petl sweep book/grids
+	$(PY) -m petl.baselines
+	$(PY) -m petl.book execute
 	$(VENV)/bin/jupyter-book build -W --builder html book
 	$(PY) .ci/check_offline_html.py book/_build/html
+	$(PY) -m petl.book check book/_build/html
 	@echo "The book is at book/_build/html/index.html"
 
 # `make assets` fetches the default assets; `make assets ASSETS=bigbench` (or ASSETS=--all) more.

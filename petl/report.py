@@ -262,11 +262,25 @@ def compare_baseline(table: pd.DataFrame, metric: str, record: dict | None) -> s
 
 
 def benchmark_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
-    """Per benchmark record: every target with its measured ratio (median of per-round paired ratios)."""
+    """Per benchmark record: CPU records as their targets with measured ratios; GPU records per batch size as
+    median step time, ratio to the floor (median of per-round paired ratios) and peak-memory ratio."""
     tables = {}
     for record in records:
         name = Path(record["_path"]).name
-        device = record.get("machine", {}).get("gpu") or record.get("machine", {}).get("cpu", "")
+        if "batches" in record:  # the GPU record at the paper's shape
+            device = record.get("device", {}).get("name", "GPU")
+            for batch, entry in record["batches"].items():
+                timing = entry.get("timing", {})
+                rows = [{"method": method, "step (s)": f"{step:.3f}",
+                         "× floor": f"{timing.get('ratio_to_floor', {}).get(method, {}).get('median', 1.0):.2f}",
+                         "peak memory × floor": f"{entry.get('memory_ratio_to_floor', {}).get(method, float('nan')):.2f}",
+                         "tokens/s": f"{timing.get('tokens_per_s', {}).get(method, 0):,.0f}"}
+                        for method, step in timing.get("median_step_s", {}).items()]
+                if rows:
+                    tables[f"{name}: {device}, BART-large shape, batch {batch} × {entry.get('source_length')} "
+                           f"source / {entry.get('target_length')} target tokens, bf16 autocast"] = pd.DataFrame(rows)
+            continue
+        device = record.get("machine", {}).get("cpu", "")
         rows = [{"shape": t.get("shape"), "method": t.get("method"), "target": t.get("target"),
                  "measured": "—" if t.get("value") is None else f"{t['value']:.3f}",
                  "met": {True: "yes", False: "no", None: "n/a"}[t.get("met")]}
@@ -274,6 +288,29 @@ def benchmark_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
         if rows:
             tables[f"{name} ({device}, {'quick' if record.get('quick') else 'full'} run)"] = pd.DataFrame(rows)
     return tables
+
+
+def grid_cost_on_cpu(runs: pd.DataFrame, grid_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Estimated time of every book grid on the CPU, from the wall time of the CPU records of the same task
+    and model (full fine-tuning and the other methods apart); one row per grid file."""
+    from petl.sweep import grid_files, read_grid
+    grid_dir = Path(grid_dir or ROOT / "book" / "grids")
+    cpu = runs[runs.get("device.device", pd.Series(dtype=str)).eq("cpu")] if "device.device" in runs else runs.iloc[0:0]
+    rows = []
+    for path in grid_files([grid_dir]):
+        points = read_grid(path)
+        seconds, missing = 0.0, 0
+        for point in points:
+            same = cpu[(cpu["task"] == point["task"]) & (cpu["model"] == point["model"])]
+            same = same[(same["variant"] == "full") == (point["variant"] == "full")]
+            if same.empty:
+                missing += 1
+            else:
+                seconds += same["wall_time_s"].median()
+        rows.append({"grid": path.name, "points": len(points),
+                     "estimated CPU hours (one run at a time)": f"{seconds / 3600:.1f}" if not missing else
+                     f"≥ {seconds / 3600:.1f} ({missing} points without a CPU record to time them)"})
+    return pd.DataFrame(rows)
 
 
 def benchmark_plot(records: list[dict]) -> None:
@@ -298,3 +335,22 @@ def benchmark_plot(records: list[dict]) -> None:
         ax.legend()
     plt.tight_layout()
     plt.show()
+
+
+def stuck_at_majority(table: pd.DataFrame, task: str, tolerance: float = 0.5) -> str:
+    """Which methods of a summarize() table never left the majority-class accuracy (runs/baselines)."""
+    record = baseline(f"{task}-majority")
+    if record is None or table.empty:
+        return "no method (the majority-class record is missing)"
+    level = record["test"]["accuracy"]
+    level = level * 100 if level <= 1 else level
+    names = [str(r.iloc[0]) for _, r in table.iterrows() if abs(r["mean"] - level) <= tolerance and r["std"] <= tolerance]
+    return (", ".join(names) if names else "no method") + f" (the majority class scores {level:.1f})"
+
+
+def devices(frame: pd.DataFrame) -> str:
+    """Where the runs of a table ran, e.g. '21 on NVIDIA H200, 2 on cpu'."""
+    if frame.empty or "device.device" not in frame:
+        return "no runs"
+    names = frame.get("device.gpu", pd.Series(index=frame.index, dtype=object)).fillna(frame["device.device"])
+    return ", ".join(f"{n} on {name}" for name, n in names.value_counts().items())

@@ -453,6 +453,7 @@ def load_runs(runs_dir: str | os.PathLike = "runs", include_failed: bool = False
         row = {"run_id": config["run_id"], "path": str(rec)}
         row.update(_flatten(config["train"]))
         row.update(_flatten(config["petl"], "petl."))
+        row.update(_flatten(config.get("device", {}), "device."))
         for key in ("device", "git", "versions"):
             if isinstance(config.get(key), dict):
                 row.update(_flatten(config[key], key + "."))
