@@ -146,3 +146,14 @@ def test_cli_rejects_bad_input_with_a_message_not_a_traceback(tmp_path, capsys):
 def test_yaml_exponents_without_a_dot_are_numbers(tmp_path):
     points = sweep.read_grid(_grid(tmp_path / "g.yaml", {"lr": "1e-3"}, {"seed": [0, 1]}))
     assert points == [{"lr": 0.001, "seed": 0}, {"lr": 0.001, "seed": 1}]
+
+
+def test_runs_command_lists_complete_runs(tmp_path, capsys):
+    config = {"run_id": "r1", "train": {"task": "rt-polarity", "model": "minilm", "variant": "lora", "seed": 0},
+              "petl": {}}
+    metrics = {"status": "complete", "dev": {"accuracy": 70.0}, "test": {"accuracy": 69.5}, "best_step": 3,
+               "wall_time_s": 1.0, "tokens_per_s": 10.0, "parameters": {}, "primary_metric": "accuracy"}
+    runs.write_record(tmp_path, "r1", config, metrics)
+    assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "r1" in out and "69.5" in out
