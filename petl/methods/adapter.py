@@ -36,8 +36,10 @@ class Adapter(Delta):
         self.layernorm_out = nn.LayerNorm(hidden, **kw) if layernorm == "out" else None
         if scalar == "learnable_scalar":
             self.scale = nn.Parameter(torch.ones((), **kw))
+            self.fixed_scale = None
         else:
             self.register_buffer("scale", torch.tensor(float(scalar), **kw), persistent=False)
+            self.fixed_scale = float(scalar)  # the hook fuses s into its add; s = 1 costs nothing
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.bias)
         if init == "lora":  # W_up = 0: Δh = 0 at start
@@ -48,20 +50,28 @@ class Adapter(Delta):
             nn.init.normal_(self.up.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unscaled(x) * self.scale
+
+    def unscaled(self, x: torch.Tensor) -> torch.Tensor:
+        """Δh before the scale s: LN_out?(ReLU(LN_in?(x) W_down) W_up)."""
         if self.layernorm_in is not None:
             x = self.layernorm_in(x)
         change = self.up(torch.relu(self.down(x)))
         if self.layernorm_out is not None:
             change = self.layernorm_out(change)
-        return change * self.scale
+        return change
+
+    def _change(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x) if self.fixed_scale is None else self.unscaled(x)
 
     def attach(self) -> None:
         sublayer_in, sublayer_out = self.sublayer
+        scale = None if self.fixed_scale in (None, 1.0) else self.fixed_scale
         if self.insertion == "parallel":
             source = SublayerInput(self, sublayer_in, sublayer_out)
-            self.add_output_hook(sublayer_out, lambda inputs, output: self(source.take(inputs)))
+            self.add_output_hook(sublayer_out, lambda inputs, output: self._change(source.take(inputs)), scale)
         else:
-            self.add_output_hook(sublayer_out, lambda inputs, output: self(output))
+            self.add_output_hook(sublayer_out, lambda inputs, output: self._change(output), scale)
 
 
 def _adapter(sublayer_in, sublayer_out, hidden, bottleneck, insertion, config) -> Adapter:

@@ -36,14 +36,20 @@ class Delta(nn.Module):
         """Parameters as the paper's Appendix B counts them (weight matrices of the method only)."""
         return sum(p.numel() for p in self.parameters() if p.dim() >= 2)
 
-    def add_output_hook(self, module: nn.Module, delta_fn) -> None:
-        """h <- h + Δh at `module`'s output; delta_fn(inputs, output) returns Δh (or None for no change)."""
+    def add_output_hook(self, module: nn.Module, delta_fn, scale: float | None = None) -> None:
+        """h <- h + Δh at `module`'s output; delta_fn(inputs, output) returns Δh (or None for no change).
+
+        With a fixed `scale` s, delta_fn returns the unscaled Δh and the hook adds s·Δh in one fused operation
+        (torch.add with alpha), saving the separate multiply and its temporary.
+        """
 
         def hook(_module, inputs, output):
             if self.merged:
                 return None
             change = delta_fn(inputs, output)
-            return None if change is None else output + change
+            if change is None:
+                return None
+            return output + change if scale is None else torch.add(output, change, alpha=scale)
 
         self._handles.append(module.register_forward_hook(hook))
 

@@ -21,9 +21,24 @@ class BiasDelta(Delta):
         super().__init__()
         self.module = [module]  # a list keeps the stock module out of this module's parameters
         self.bias = nn.Parameter(torch.zeros_like(module.bias))
+        self._stock: nn.Parameter | None = None
 
     def attach(self) -> None:
-        self.add_output_hook(self.module[0], lambda inputs, output: self.bias)
+        """While the module runs, its bias is b + Δb, so the addition fuses into its own kernel (addmm,
+        layer_norm) instead of a separate pass over the output: h = x W + (b + Δb) = (x W + b) + Δb."""
+        module = self.module[0]
+
+        def use_sum(mod, _args):
+            if not self.merged:
+                self._stock = mod._parameters["bias"]
+                mod._parameters["bias"] = self._stock + self.bias
+
+        def restore(mod, _args, _output):
+            if self._stock is not None:
+                mod._parameters["bias"], self._stock = self._stock, None
+
+        self._handles.append(module.register_forward_pre_hook(use_sum))
+        self._handles.append(module.register_forward_hook(restore, always_call=True))
 
     def paper_count(self) -> int:
         return self.bias.numel()

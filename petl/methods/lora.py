@@ -38,17 +38,22 @@ class LoRA(Delta):
             nn.init.normal_(self.up.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(self.dropout(x))) * self.scaling
+        return self.unscaled(x) * self.scaling
+
+    def unscaled(self, x: torch.Tensor) -> torch.Tensor:
+        """x W_down W_up: Δh before the scale s (the hook adds s·Δh in one fused add)."""
+        return self.up(self.down(self.dropout(x)))
 
     def attach(self) -> None:
         projection = self.projection[0]
         if projection.part is None:
-            self.add_output_hook(projection.module, lambda inputs, output: self(inputs[0]))
+            self.add_output_hook(projection.module, lambda inputs, output: self.unscaled(inputs[0]), self.scaling)
         else:
             total = self.out_features * projection.parts
             before = self.out_features * projection.part
             after = total - before - self.out_features
-            self.add_output_hook(projection.module, lambda inputs, output: F.pad(self(inputs[0]), (before, after)))
+            self.add_output_hook(projection.module,
+                                 lambda inputs, output: F.pad(self.unscaled(inputs[0]), (before, after)), self.scaling)
 
     def _weight_update(self) -> torch.Tensor:
         """ΔW = s · W_up W_down in nn.Linear's (out, in) layout."""
