@@ -80,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         from petl.train import TrainConfig, train
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         values = {k: v for k, v in vars(args).items() if k in fields}
-        if values.get("overrides") is None:
-            values["overrides"] = {}
         try:
             config = TrainConfig(**values).validate()
         except (ValueError, TypeError) as e:

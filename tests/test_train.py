@@ -50,6 +50,10 @@ def test_defaults_come_from_the_cpu_budget_and_table_8():
     assert (cpu.max_steps, cpu.epochs) == (150, None)
     assert cpu.batch_size == 32 and cpu.weight_decay == 0.1 and cpu.warmup == 0.06
     assert tuple(cpu.adam_betas) == (0.9, 0.98) and cpu.adam_eps == 1e-6
+    assert cpu.overrides == {"attn_bn": 16, "ffn_bn": 16, "ffn_adapter_scalar": 2.0}   # MAM at the GLUE sizes
+    assert TrainConfig(overrides={}).resolved().overrides == {}                      # the preset as it is
+    assert TrainConfig(variant="lora").resolved().overrides == {}
+    assert TrainConfig(variant="full").resolved().lr == 5e-5
     paper = TrainConfig(task="sst2", model="roberta-base", variant="lora").resolved()
     assert (paper.max_steps, paper.epochs, paper.lr) == (None, 10, 1e-4)   # Table 8, GLUE row
     xsum = TrainConfig(task="xsum", model="facebook/bart-large").resolved()
@@ -94,6 +98,7 @@ def test_run_writes_a_complete_record_and_same_seed_gives_same_metrics(tiny, tmp
     assert (forced.path / "metrics.json").stat().st_mtime_ns != mtime
     assert forced.metrics["test"] == first.metrics["test"]
     assert len(runs.load_runs(tmp_path / "a")) == 2
+    assert runs.is_complete(tmp_path / "a", _cfg(tiny)) and not runs.is_complete(tmp_path / "a", _cfg(tiny, seed=9))
 
 
 def test_nan_loss_stops_the_run_with_a_failed_record_naming_the_step(tiny, tmp_path):
