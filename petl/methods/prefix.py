@@ -116,8 +116,8 @@ def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 def _attention_with_logsumexp(query, key, value, mask, scaling, dropout, training, position_bias=None):
     """Plain attention that also returns log Σ_j exp(score_j), the normaliser Eq. 7's gate needs."""
-    heads = query.shape[1]
-    key, value = _heads(key.transpose(0, 1), heads).transpose(0, 1), _heads(value.transpose(0, 1), heads).transpose(0, 1)
+    groups = query.shape[1] // key.shape[1]  # grouped-query attention: each key/value head serves `groups` heads
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if position_bias is not None:
         scores = scores + position_bias[..., :key.shape[2]]
