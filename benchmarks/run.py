@@ -298,11 +298,14 @@ def main(argv=None) -> dict:
                   methods={n: s.describe() for n, s in specs.items()}, shapes={})
     for shape_name in args.shapes:
         record["shapes"][shape_name] = bench_shape(shape_name, args, specs)
+        record["complete"] = False  # a run cut short still leaves what it measured, marked incomplete
+        write_record(record, out)
     if args.memory != "off":
         measure_memory(record["shapes"], specs, args)
     record["targets"] = evaluate_targets(record["shapes"], specs)
     record["machine"]["loadavg_end"] = list(os.getloadavg())
     record["wall_time_s"] = time.perf_counter() - started
+    record["complete"] = True
     write_record(record, out)
     print(format_table(_clean(record)))
     print(f"\nrecord: {out}  ({record['wall_time_s']:.0f} s)")
