@@ -325,9 +325,12 @@ def benchmark_plot(records: list[dict]) -> None:
     if not cpu:
         print("No CPU benchmark record yet: run `python -m benchmarks.run`.")
         return
-    record = cpu[0]
-    targets = [t for t in record["targets"] if "x floor" in t.get("target", "") and t.get("value") is not None]
-    shapes = sorted({t["shape"] for t in targets})
+    # Per shape, the record that measured the most methods against the floor (partial re-runs hold a few).
+    def floor_targets(record, shape):
+        return [t for t in record["targets"] if t.get("shape") == shape and "x floor" in t.get("target", "")
+                and t.get("value") is not None]
+    shapes = sorted({t["shape"] for r in cpu for t in r["targets"]})
+    targets = [t for shape in shapes for t in max((floor_targets(r, shape) for r in cpu), key=len)]
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 3.5), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
         rows = [t for t in targets if t["shape"] == shape]
