@@ -113,12 +113,6 @@ def paper_results(table: str | None = None, task: str | None = None, metric: str
     return df.reset_index(drop=True)
 
 
-def paper_column(table: str, task: str, metric: str, rows: dict[str, str]) -> list:
-    """The paper's value for each of our rows: rows maps our label -> the paper's method name."""
-    df = paper_results(table, task, metric).set_index("method")["value"]
-    return [df.get(method, float("nan")) if method else float("nan") for method in rows.values()]
-
-
 def side_by_side(ours: pd.DataFrame, metric: str, paper: dict[str, tuple[str, str, str, str]],
                  ours_name: str, paper_name: str) -> pd.DataFrame:
     """Our mean ± std beside the paper's number for the same method.
@@ -208,16 +202,17 @@ def _by_variant(table: pd.DataFrame, variant: str):
     return None if rows.empty else rows.iloc[0]
 
 
-def _relation(a, b, name_b: str) -> str:
-    """'above X (+d)', 'below X (−d)' or 'within noise of X (±d)': noise is the larger std over seeds."""
+def _relation(a, b, name_b: str = "") -> str:
+    """'above X (+d)', 'below X (−d)' or 'within one standard deviation of X (±d)', noise being the larger std
+    over seeds; without a name the sentence goes on with whatever the caller writes after it."""
     diff = a["mean"] - b["mean"]
-    noise = max(a["std"], b["std"])
+    name = f" {name_b}" if name_b else ""
     if a["seeds"] < 2 or b["seeds"] < 2:
         word = "above" if diff > 0 else "below" if diff < 0 else "equal to"
-        return f"{word} {name_b} ({diff:+.1f}, single seed)"
-    if abs(diff) <= noise:
-        return f"within one standard deviation of {name_b} ({diff:+.1f})"
-    return f"{'above' if diff > 0 else 'below'} {name_b} ({diff:+.1f})"
+        return f"{word}{name} ({diff:+.1f}, single seed)"
+    if abs(diff) <= max(a["std"], b["std"]):
+        return f"within one standard deviation of{name} ({diff:+.1f})"
+    return f"{'above' if diff > 0 else 'below'}{name} ({diff:+.1f})"
 
 
 def compare(table: pd.DataFrame, variant: str, others: list[str]) -> str:
@@ -234,7 +229,7 @@ def compare_labels(table: pd.DataFrame, label_a: str | None, label_b: str | None
     rows = {str(r.iloc[0]): r for _, r in table.iterrows()}
     if label_a not in rows or label_b not in rows:
         return "not measured yet"
-    return _relation(rows[label_a], rows[label_b], "it")
+    return _relation(rows[label_a], rows[label_b])
 
 
 def compare_at(summary: pd.DataFrame, variant_a: str, variant_b: str, size_a: str, size_b: str | None = None) -> str:
@@ -245,7 +240,7 @@ def compare_at(summary: pd.DataFrame, variant_a: str, variant_b: str, size_a: st
     a, b = pick(variant_a, size_a), pick(variant_b, size_b or size_a)
     if a is None or b is None:
         return "not measured yet at that size"
-    return _relation(a, b, "it").replace(" it ", " ").replace("of it", "").replace(" it", "")
+    return _relation(a, b)
 
 
 def compare_baseline(table: pd.DataFrame, metric: str, record: dict | None) -> str:
@@ -351,7 +346,6 @@ def stuck_at_majority(table: pd.DataFrame, task: str, tolerance: float = 0.5) ->
     if record is None or table.empty:
         return "no method (the majority-class record is missing)"
     level = record["test"]["accuracy"]
-    level = level * 100 if level <= 1 else level
     names = [str(r.iloc[0]) for _, r in table.iterrows() if abs(r["mean"] - level) <= tolerance and r["std"] <= tolerance]
     return (", ".join(names) if names else "no method") + f" (the majority class scores {level:.1f})"
 
