@@ -101,6 +101,22 @@ def test_fetch_extracts_listed_files_and_second_ensure_does_not_download(cache, 
     assert assets.status()["fake"]["present"] is True
 
 
+def test_carried_file_is_used_without_the_registry_and_still_checked(cache, monkeypatch, wheel, tmp_path):
+    """$PETL_ASSET_FILES: a machine without the registry installs from a carried file, sha256 checked."""
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    (carried / wheel.name).write_bytes(wheel.read_bytes())
+    monkeypatch.setenv(assets.FILES_VAR, str(carried))
+    monkeypatch.setitem(assets.ASSETS, "fake", _asset(wheel))
+    monkeypatch.setattr(assets.subprocess, "run", lambda *a, **k: pytest.fail("pip must not be called"))
+    assert (assets.ensure("fake") / "data/a.txt").read_text() == "alpha\n"
+
+    (carried / wheel.name).write_bytes(wheel.read_bytes() + b"tampered")
+    monkeypatch.setitem(assets.ASSETS, "fake", _asset(wheel, version="1.1"))
+    with pytest.raises(AssetError, match="checksum mismatch"):
+        assets.ensure("fake")
+
+
 def test_wrong_checksum_raises_and_leaves_nothing(cache, registry, monkeypatch, wheel):
     monkeypatch.setitem(assets.ASSETS, "fake", _asset(wheel, sha256="0" * 64))
     with pytest.raises(AssetError, match=r"(?s)'fake'.*checksum mismatch.*fetch fake"):
