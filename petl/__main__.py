@@ -1,6 +1,6 @@
 """Command line: ``python -m petl {sweep,train,runs}``.
 
-    python -m petl sweep GRID [GRID ...] [--force] [--runs-dir runs] [--dry-run]
+    python -m petl sweep GRID [GRID ...] [--force] [--runs-dir runs] [--dry-run] [--jobs N]
     python -m petl train --variant mam --task rt-polarity --model minilm [--max-steps 100] [--overrides '{"attn_bn": 16}']
     torchrun --nproc_per_node 2 -m petl train ...      # data parallel (gloo on CPU, nccl on GPUs)
     python -m petl runs [--runs-dir runs] [--failed]    # the complete runs as a table
@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="rerun points whose record is complete")
     s.add_argument("--dry-run", action="store_true", help="validate and list the points; run nothing")
     s.add_argument("--notebook", default=None, help="notebook to run (default notebooks/train.ipynb)")
+    s.add_argument("--jobs", type=int, default=1,
+                   help="points run at once, each with cores/jobs threads (default 1)")
 
     t = sub.add_parser("train", help="train one run (the notebook's work without the notebook)")
     for f in dataclasses.fields(TrainConfig):
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             kw = {"notebook": args.notebook} if args.notebook else {}
             outcomes = sweep.sweep(args.grids, runs_dir=args.runs_dir, force=args.force,
-                                   dry_run=args.dry_run, **kw)
+                                   dry_run=args.dry_run, jobs=args.jobs, **kw)
         except sweep.GridError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

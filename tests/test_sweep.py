@@ -1,6 +1,7 @@
 """The notebook through papermill, and the sweep: validation before running, skip, carry-on past failures,
 failure listing, concurrent sweeps on one runs folder. Tiny budgets on a tiny random BERT."""
 import json
+import os
 import re
 import subprocess
 
@@ -157,3 +158,17 @@ def test_runs_command_lists_complete_runs(tmp_path, capsys):
     assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "r1" in out and "69.5" in out
+
+
+def test_jobs_run_points_at_once_with_a_share_of_the_cores_each(tiny, tmp_path, capsys):
+    grid = _grid(tmp_path / "g.yaml", {**NB_TINY, "variant": "lora", "model": tiny}, {"seed": [0, 1]})
+    runs_dir = tmp_path / "runs"
+    with pytest.raises(sweep.GridError, match="jobs must be a positive integer"):
+        sweep.sweep([grid], runs_dir=runs_dir, jobs=0)
+    before = os.environ.get("OMP_NUM_THREADS")
+    outcomes = sweep.sweep([grid], runs_dir=runs_dir, jobs=2)
+    assert os.environ.get("OMP_NUM_THREADS") == before                               # restored afterwards
+    assert sorted(o.status for o in outcomes) == ["complete", "complete"]
+    df = runs.load_runs(runs_dir)
+    assert sorted(df["seed"]) == [0, 1]
+    assert set(df["device.torch_threads"]) == {max(1, (os.cpu_count() or 2) // 2)}   # the kernels' share
