@@ -196,9 +196,10 @@ def cpu_memory(specs: dict[str, MethodSpec], template, shape, steps: int) -> dic
         else:
             peak = _status_kb("VmHWM")
             increment = (peak - baseline) * 1024
+            trainable = sum(p.numel() * p.element_size() for p in item.model.parameters() if p.requires_grad)
             out[name] = dict(baseline_rss_bytes=baseline * 1024, peak_rss_bytes=peak * 1024,
                              increment_bytes=increment, weights_bytes=unique_bytes(item.model),
-                             with_weights_bytes=increment + unique_bytes(item.model))
+                             with_weights_bytes=increment + unique_bytes(item.model), trainable_bytes=trainable)
         del item
         gc.collect()
     return out

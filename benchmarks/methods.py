@@ -65,6 +65,8 @@ def glue_methods(sizes: dict = GLUE_SIZES) -> dict[str, MethodSpec]:
         _petl("pa_ffn", "pa_ffn", ffn_bn=r),
         _petl("scaled_pa", "scaled_pa", ffn_bn=r),
         _petl("mam", "mam", attn_bn=l, ffn_bn=r, ffn_adapter_scalar=sizes["mam_scalar"]),
+        _petl("mam_nomlp", "mam", attn_mode="prefix_nomlp", attn_bn=l, ffn_bn=r,
+              ffn_adapter_scalar=sizes["mam_scalar"]),
         MethodSpec("peft_lora", "peft", peft=dict(type="LoraConfig", r=r, lora_alpha=lora.lora_alpha,
                                                   lora_dropout=0.0)),
         MethodSpec("peft_prefix", "peft", peft=dict(type="PrefixTuningConfig", num_virtual_tokens=l),
@@ -74,6 +76,8 @@ def glue_methods(sizes: dict = GLUE_SIZES) -> dict[str, MethodSpec]:
     ]
     out = {s.name: s for s in specs}
     out["prompt_tuning"].reference = FLOOR_PROMPT
+    out["mam_nomlp"].note = ("MAM with its prefix learned directly: the same trained function, without the "
+                             "re-parameterisation MLP's training state")
     out["lora"].peer = "peft_lora"
     out["prefix_nomlp"].peer = "peft_prefix"
     out["prompt_tuning"].peer = "peft_prompt"

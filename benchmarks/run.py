@@ -160,6 +160,10 @@ def _memory_summary(methods: dict, memory: dict) -> dict:
         if "increment_bytes" in m and floor.get("increment_bytes"):
             ratios[name] = dict(increment=m["increment_bytes"] / floor["increment_bytes"],
                                 with_weights=m["with_weights_bytes"] / floor["with_weights_bytes"])
+            if "trainable_bytes" in m:
+                # What AdamW must hold for the trainable parameters whatever the implementation: the values,
+                # their gradients and two moments (4 copies). As a share of the floor it bounds the ratio below.
+                ratios[name]["adamw_state_bound"] = 1 + 4 * m["trainable_bytes"] / floor["with_weights_bytes"]
     return dict(method="one process (fresh unless --memory inprocess), methods in turn; peak VmHWM - VmRSS "
                        f"before the first step, MALLOC_MMAP_THRESHOLD_={memory.get('mmap_threshold')}",
                 steps=memory.get("steps"),
@@ -195,6 +199,13 @@ def evaluate_targets(shapes: dict, specs: dict) -> list[dict]:
                 m["increment"], MAM_MEMORY_LIMIT, clock="memory")
             row(shape_name, f"MAM peak training memory <= {MAM_MEMORY_LIMIT}x floor (with weights)", "mam",
                 m["with_weights"], MAM_MEMORY_LIMIT, clock="memory")
+            if "adamw_state_bound" in m:
+                row(shape_name, "  its least possible: floor + AdamW state of its params", "mam",
+                    m["adamw_state_bound"], MAM_MEMORY_LIMIT, clock="memory")
+            if "mam_nomlp" in result["memory"]["ratio_to_floor"]:
+                row(shape_name, f"MAM, prefix without MLP: memory <= {MAM_MEMORY_LIMIT}x floor (with weights)",
+                    "mam_nomlp", result["memory"]["ratio_to_floor"]["mam_nomlp"]["with_weights"],
+                    MAM_MEMORY_LIMIT, clock="memory")
     return rows
 
 
