@@ -97,17 +97,20 @@ def _mergeable(model: nn.Module) -> list[Delta]:
 
 @torch.no_grad()
 def merge(model: nn.Module) -> nn.Module:
-    """Fold LoRA / BitFit updates into the frozen weights (W <- W + s·W_up W_down); hooks then add nothing."""
+    """Fold LoRA / BitFit updates into the frozen weights (W <- W + s·W_up W_down) and take the hooks off, so the
+    merged model runs exactly the stock model's computation."""
     for delta in _mergeable(model):
         if not delta.merged:
             delta.merge(+1.0)
+            delta.detach()
     return model
 
 
 @torch.no_grad()
 def unmerge(model: nn.Module) -> nn.Module:
-    """Undo `merge`: subtract the updates again and let the hooks add them."""
+    """Undo `merge`: subtract the updates again and put the hooks back."""
     for delta in _mergeable(model):
         if delta.merged:
             delta.merge(-1.0)
+            delta.attach()
     return model

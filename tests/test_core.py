@@ -207,9 +207,12 @@ def test_merge_unmerge_round_trip(arch, variant):
     batch = tiny_batch(arch)
     with torch.no_grad():
         hooked = model(**batch).logits
+        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
         merged = petl.merge(model)(**batch).logits
         assert any(not torch.equal(weights[n], p) for n, p in model.named_parameters() if n in weights)
+        assert hooks > 0 and all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
         unmerged = petl.unmerge(model)(**batch).logits
+        assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
     torch.testing.assert_close(hooked, merged, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(hooked, unmerged, atol=1e-5, rtol=1e-4)
     for name, p in model.named_parameters():
