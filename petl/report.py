@@ -285,32 +285,59 @@ def benchmark_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def grid_cost_on_cpu(runs: pd.DataFrame, grid_dir: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Upper bounds on the CPU time of every book grid, one run at a time: each point costs the median wall time
-    of the CPU records of the same task, model and kind (full fine-tuning or not); a point with no such record
-    is charged a full fine-tuning run of its task and model, which costs more than any method's run (every
-    method still back-propagates through the frozen network, but computes no weight gradients for it)."""
+def grid_cost_on_cpu(runs: pd.DataFrame, grid_dir: str | os.PathLike | None = None,
+                     timing_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The CPU time of every book grid, run one point after another, with a total row.
+
+    Each point costs the median wall time of the CPU records of the same task, model, budget (max_steps) and kind
+    (full fine-tuning or a method): the timing reruns of sample grid points in runs/cpu-timing (`python -m petl
+    sweep benchmarks/grid_timing --runs-dir runs/cpu-timing`, run on a quiet machine) where they have one, else
+    the records in runs/ that ran on a CPU. A point with neither is charged the full fine-tuning run of its task,
+    which costs more than any method's (a method still back-propagates through the frozen network but computes
+    no weight gradients for it)."""
     from petl.sweep import grid_files, read_grid
     grid_dir = Path(grid_dir or ROOT / "book" / "grids")
-    cpu = runs[runs["device.device"] == "cpu"] if "device.device" in runs else runs.iloc[0:0]
-    rows = []
+    timing_dir = Path(timing_dir or runs_dir() / "cpu-timing")
+    timing = load_runs(timing_dir) if timing_dir.is_dir() else pd.DataFrame()
+    on_cpu = [f[f["device.device"] == "cpu"] for f in (timing, runs) if "device.device" in f]
+    rows, total = [], [0, 0, 0, 0, 0.0]
     for path in grid_files([grid_dir]):
         points = read_grid(path)
         seconds, timed, bounded, unknown = 0.0, 0, 0, 0
         for point in points:
-            same_model = cpu[(cpu["task"] == point["task"]) & (cpu["model"] == point["model"])]
-            same_kind = same_model[(same_model["variant"] == "full") == (point["variant"] == "full")]
-            full = same_model[same_model["variant"] == "full"]
+            is_full = point["variant"] == "full"
+            same_kind = full = pd.DataFrame()
+            for cpu in on_cpu:  # the timing reruns first
+                same = cpu[(cpu["task"] == point["task"]) & (cpu["model"] == point["model"])
+                           & (cpu["max_steps"] == point.get("max_steps"))]
+                if same_kind.empty:
+                    same_kind = same[(same["variant"] == "full") == is_full]
+                if full.empty:
+                    full = same[same["variant"] == "full"]
             if not same_kind.empty:
                 seconds, timed = seconds + same_kind["wall_time_s"].median(), timed + 1
             elif not full.empty:
                 seconds, bounded = seconds + full["wall_time_s"].median(), bounded + 1
             else:
                 unknown += 1
-        rows.append({"grid": path.name, "points": len(points), "timed by a CPU record of the same kind": timed,
-                     "charged a full fine-tuning run": bounded, "no CPU record of the task": unknown,
-                     "CPU hours, at most": f"{seconds / 3600:.1f}" + (" + untimed points" if unknown else "")})
-    return pd.DataFrame(rows)
+        for i, v in enumerate((len(points), timed, bounded, unknown, seconds)):
+            total[i] += v
+        rows.append((path.name, len(points), timed, bounded, unknown, seconds))
+    rows.append(("all book grids", *total))
+    return pd.DataFrame([{"grid": g, "points": n, "timed by a CPU record of the same kind": t,
+                          "charged a full fine-tuning run": b, "no CPU record of the task": u,
+                          "CPU hours": f"{s / 3600:.2f}" + (" + untimed points" if u else "")}
+                         for g, n, t, b, u, s in rows])
+
+
+def cpu_timing_summary(timing_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The CPU timing reruns (runs/cpu-timing): wall time of each, and the machine's load while it ran."""
+    timing_dir = Path(timing_dir or runs_dir() / "cpu-timing")
+    df = load_runs(timing_dir) if timing_dir.is_dir() else pd.DataFrame()
+    if df.empty:
+        return df
+    columns = ["task", "variant", "max_steps", "wall_time_s", "train_time_s", "device.torch_threads"]
+    return df[[c for c in columns if c in df]].sort_values(["task", "variant"]).reset_index(drop=True)
 
 
 def benchmark_plot(records: list[dict]) -> None:
@@ -356,3 +383,115 @@ def devices(frame: pd.DataFrame) -> str:
         return "no runs"
     names = frame.get("device.gpu", pd.Series(index=frame.index, dtype=object)).fillna(frame["device.device"])
     return ", ".join(f"{n} on {name}" for name, n in names.value_counts().items())
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation (book/grids-gpu: SmolLM2-135M on bbc-xsum, the paper's presets, one seed on the GPU machine)
+# --------------------------------------------------------------------------------------------------
+
+#: Which runs are the book's generation grid.
+GENERATION_GRID = dict(task="bbc-xsum", model="smollm2-135m", max_steps=400)
+
+#: Our variant (and FFN adapter scale) -> the paper's row with the same method and sizes on XSum.
+PAPER_XSUM = {
+    ("full", None): ("table6", "full fine-tuning (paper's run)"),
+    ("prefix", None): ("table6", "prefix tuning l=200"),
+    ("lora", None): ("table12", "LoRA attn r=200"),
+    ("lora_ffn", None): ("table6", "LoRA ffn r=102"),
+    ("sa_attn", None): ("table3", "sequential adapter attn r=200"),
+    ("pa_attn", None): ("table3", "parallel adapter attn r=200"),
+    ("sa_ffn", None): ("table3", "sequential adapter ffn r=200"),
+    ("pa_ffn", None): ("table3", "parallel adapter ffn r=200"),
+    ("scaled_pa", 4.0): ("table5", "scaled parallel adapter ffn s=4"),
+    ("scaled_pa", 1.0): ("table5", "parallel adapter ffn"),
+    ("mam", None): ("table6", "MAM adapter (prefix l=30 + scaled parallel adapter ffn r=512)"),
+    ("prefix_lora_ffn", None): ("table6", "prefix l=30 + LoRA ffn r=102"),
+    ("pa_attn_pa_ffn", None): ("table6", "parallel adapter attn r=30 + parallel adapter ffn r=512"),
+}
+
+
+def generation_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The complete runs of the generation grid (book/grids-gpu/gen_xsum*.yaml)."""
+    return select(runs, **GENERATION_GRID)
+
+
+def _paper_xsum(row) -> tuple[str, str] | None:
+    scale = row.get("petl.ffn_adapter_scalar") if row["variant"] == "scaled_pa" else None
+    try:
+        scale = None if scale is None else float(scale)
+    except (TypeError, ValueError):
+        return None
+    return PAPER_XSUM.get((row["variant"], scale))
+
+
+def generation_table(runs: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
+    """Our ROUGE (bbc-xsum test, and R-2 on the real XSum pairs) beside the paper's XSum ROUGE-2 for the same
+    method, one row per run label in the order of `variants`, then the lead-1 baseline on the same articles."""
+    gen = generation_runs(runs)
+    gen = gen[gen["variant"].isin(variants)] if not gen.empty else gen
+    if gen.empty:
+        return pd.DataFrame()
+    gen = gen.assign(order=gen["variant"].map({v: i for i, v in enumerate(variants)})).sort_values(
+        ["order", "label"])
+    rows = []
+    for _, row in gen.iterrows():
+        paper = _paper_xsum(row)
+        found = paper_results(paper[0], "xsum", "rouge2") if paper else pd.DataFrame()
+        found = found[found["method"] == paper[1]] if paper else found
+        rows.append({"method": row["label"], "% params": f"{row['parameters.paper_pct']:.2f}",
+                     "R-1": f"{row['test.rouge1']:.1f}", "R-2": f"{row['test.rouge2']:.2f}",
+                     "R-L": f"{row['test.rougeL']:.1f}",
+                     "R-2, real XSum": f"{row['test_xsum.rouge2']:.2f}" if pd.notna(row.get("test_xsum.rouge2"))
+                     else "",
+                     "paper: method (table)": f"{paper[1]} ({paper[0]})" if paper else "",
+                     "paper: % params": "" if found.empty or pd.isna(found["tuned_params_pct"].iloc[0])
+                     else f"{found['tuned_params_pct'].iloc[0]:g}",
+                     "paper: R-2 (BART-large, XSum)": "" if found.empty else f"{found['value'].iloc[0]:.2f}"})
+    n = int(gen["num_examples.test"].iloc[0]) if "num_examples.test" in gen else None
+    lead = baseline(f"bbc-xsum-lead-{n}")
+    if lead is not None:
+        rows.append({"method": f"lead-1 baseline (no training; first {n} articles)", "% params": "0",
+                     "R-1": f"{lead['test']['rouge1']:.1f}", "R-2": f"{lead['test']['rouge2']:.2f}",
+                     "R-L": f"{lead['test']['rougeL']:.1f}",
+                     "R-2, real XSum": f"{lead['test_xsum']['rouge2']:.2f}" if "test_xsum" in lead else ""})
+    return pd.DataFrame(rows).fillna("")
+
+
+def compare_generation(runs: pd.DataFrame, a: str, b: str, metric: str = "rouge2") -> str:
+    """`a` against `b` on the generation grid (run labels or bare variant names), in words: one seed each."""
+    table = summarize(generation_runs(runs), metric)
+    if table.empty:
+        return "not measured yet"
+    rows = {str(r["label"]): r for _, r in table.iterrows()}
+    pick = {name: rows.get(name, _by_variant(table, name)) for name in (a, b)}
+    if pick[a] is None or pick[b] is None:
+        return "not measured yet"
+    return _relation(pick[a], pick[b])
+
+
+def generation_setting(runs: pd.DataFrame) -> str:
+    """The model, budget and device of the generation grid, in words."""
+    gen = generation_runs(runs)
+    if gen.empty:
+        return "no generation runs yet"
+    row = gen.iloc[0]
+    return (f"SmolLM2-135M on bbc-xsum, {int(row['max_steps'])} steps of {int(row['batch_size'])} articles "
+            f"({int(row['max_source_length'])}-token prompts), beam search {int(row['num_beams'])}, "
+            f"{int(row['num_examples.test'])} test articles and {int(row.get('num_examples.test_xsum', 0))} real "
+            f"XSum pairs, one seed per method; {devices(gen)}")
+
+
+def generation_vs_lead(runs: pd.DataFrame, metric: str = "rouge2") -> str:
+    """How many generation-grid runs beat the lead-1 baseline on the same test articles, in words."""
+    gen = generation_runs(runs)
+    if gen.empty:
+        return "no generation run is complete yet"
+    n = int(gen["num_examples.test"].iloc[0])
+    lead = baseline(f"bbc-xsum-lead-{n}")
+    if lead is None:
+        return "the lead-1 baseline record is missing (run `python -m petl.baselines`)"
+    base = lead["test"][metric]
+    above = int((gen[f"test.{metric}"] > base).sum())
+    lowest = gen[f"test.{metric}"].min()
+    return (f"{above} of {len(gen)} runs are above the lead-1 baseline's {METRIC_LABELS[metric]} of {base:.2f} "
+            f"on the same {n} articles (the lowest run scores {lowest:.2f})")
