@@ -208,7 +208,7 @@ def _relation(a, b, name_b: str = "") -> str:
     diff = a["mean"] - b["mean"]
     name = f" {name_b}" if name_b else ""
     if a["seeds"] < 2 or b["seeds"] < 2:
-        word = "above" if diff > 0 else "below" if diff < 0 else "equal to"
+        word = "level with" if round(diff, 1) == 0 else "above" if diff > 0 else "below"
         return f"{word}{name} ({diff:+.1f}, single seed)"
     if abs(diff) <= max(a["std"], b["std"]):
         return f"within one standard deviation of{name} ({diff:+.1f})"
@@ -443,10 +443,10 @@ def generation_table(runs: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
                      "R-L": f"{row['test.rougeL']:.1f}",
                      "R-2, real XSum": f"{row['test_xsum.rouge2']:.2f}" if pd.notna(row.get("test_xsum.rouge2"))
                      else "",
-                     "paper: method (table)": f"{paper[1]} ({paper[0]})" if paper else "",
-                     "paper: % params": "" if found.empty or pd.isna(found["tuned_params_pct"].iloc[0])
+                     "paper's table": paper[0].replace("table", "Table ") if paper else "",
+                     "paper % params": "" if found.empty or pd.isna(found["tuned_params_pct"].iloc[0])
                      else f"{found['tuned_params_pct'].iloc[0]:g}",
-                     "paper: R-2 (BART-large, XSum)": "" if found.empty else f"{found['value'].iloc[0]:.2f}"})
+                     "paper R-2 (BART-large, XSum)": "" if found.empty else f"{found['value'].iloc[0]:.2f}"})
     n = int(gen["num_examples.test"].iloc[0]) if "num_examples.test" in gen else None
     lead = baseline(f"bbc-xsum-lead-{n}")
     if lead is not None:
