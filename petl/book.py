@@ -33,8 +33,8 @@ def execute(book_dir: Path = BOOK, runs_dir: str | None = None, timeout: int = 9
     for path in notebooks(book_dir):
         start = time.time()
         notebook = nbformat.read(path, as_version=4)
-        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(book_dir)}}).execute()
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3", record_timing=False,  # no timestamps:
+                       resources={"metadata": {"path": str(book_dir)}}).execute()  # a rebuild leaves git clean
         nbformat.write(notebook, path)
         print(f"executed {path.name} ({time.time() - start:.1f} s)", flush=True)
 
