@@ -30,7 +30,8 @@ def execute(book_dir: Path = BOOK, runs_dir: str | None = None, timeout: int = 9
 
     if runs_dir is not None:
         os.environ["PETL_RUNS_DIR"] = str(Path(runs_dir).resolve())
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # the kernels inherit it: no progress bars in the outputs
+    # The kernels inherit these: no progress bars or load reports (their timings and order vary) in the outputs.
+    os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error")
     for path in notebooks(book_dir):
         start = time.time()
         notebook = nbformat.read(path, as_version=4)
