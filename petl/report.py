@@ -297,8 +297,7 @@ def grid_cost_on_cpu(runs: pd.DataFrame, grid_dir: str | os.PathLike | None = No
     no weight gradients for it)."""
     from petl.sweep import grid_files, read_grid
     grid_dir = Path(grid_dir or ROOT / "book" / "grids")
-    timing_dir = Path(timing_dir or runs_dir() / "cpu-timing")
-    timing = load_runs(timing_dir) if timing_dir.is_dir() else pd.DataFrame()
+    timing = _timing_runs(timing_dir)
     on_cpu = [f[f["device.device"] == "cpu"] for f in (timing, runs) if "device.device" in f]
     rows, total = [], [0, 0, 0, 0, 0.0]
     for path in grid_files([grid_dir]):
@@ -330,10 +329,15 @@ def grid_cost_on_cpu(runs: pd.DataFrame, grid_dir: str | os.PathLike | None = No
                          for g, n, t, b, u, s in rows])
 
 
-def cpu_timing_summary(timing_dir: str | os.PathLike | None = None) -> pd.DataFrame:
-    """The CPU timing reruns (runs/cpu-timing): wall time of each, and the machine's load while it ran."""
+def _timing_runs(timing_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The CPU timing reruns of book-grid points (runs/cpu-timing), or an empty frame."""
     timing_dir = Path(timing_dir or runs_dir() / "cpu-timing")
-    df = load_runs(timing_dir) if timing_dir.is_dir() else pd.DataFrame()
+    return load_runs(timing_dir) if timing_dir.is_dir() else pd.DataFrame()
+
+
+def cpu_timing_summary(timing_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The CPU timing reruns (runs/cpu-timing): wall and training time of each, and its threads."""
+    df = _timing_runs(timing_dir)
     if df.empty:
         return df
     columns = ["task", "variant", "max_steps", "wall_time_s", "train_time_s", "device.torch_threads"]
@@ -424,6 +428,12 @@ def _paper_xsum(row) -> tuple[str, str] | None:
     return PAPER_XSUM.get((row["variant"], scale))
 
 
+def _lead_for(gen: pd.DataFrame) -> tuple[int, dict | None]:
+    """The number of test articles the generation runs were scored on, and lead-1's record on the same ones."""
+    n = int(gen["num_examples.test"].iloc[0])
+    return n, baseline(f"bbc-xsum-lead-{n}")
+
+
 def generation_table(runs: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
     """Our ROUGE (bbc-xsum test, and R-2 on the real XSum pairs) beside the paper's XSum ROUGE-2 for the same
     method, one row per run label in the order of `variants`, then the lead-1 baseline on the same articles."""
@@ -447,8 +457,7 @@ def generation_table(runs: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
                      "paper % params": "" if found.empty or pd.isna(found["tuned_params_pct"].iloc[0])
                      else f"{found['tuned_params_pct'].iloc[0]:g}",
                      "paper R-2 (BART-large, XSum)": "" if found.empty else f"{found['value'].iloc[0]:.2f}"})
-    n = int(gen["num_examples.test"].iloc[0]) if "num_examples.test" in gen else None
-    lead = baseline(f"bbc-xsum-lead-{n}")
+    n, lead = _lead_for(gen)
     if lead is not None:
         rows.append({"method": f"lead-1 baseline (no training; first {n} articles)", "% params": "0",
                      "R-1": f"{lead['test']['rouge1']:.1f}", "R-2": f"{lead['test']['rouge2']:.2f}",
@@ -486,8 +495,7 @@ def generation_vs_lead(runs: pd.DataFrame, metric: str = "rouge2") -> str:
     gen = generation_runs(runs)
     if gen.empty:
         return "no generation run is complete yet"
-    n = int(gen["num_examples.test"].iloc[0])
-    lead = baseline(f"bbc-xsum-lead-{n}")
+    n, lead = _lead_for(gen)
     if lead is None:
         return "the lead-1 baseline record is missing (run `python -m petl.baselines`)"
     base = lead["test"][metric]

@@ -126,6 +126,7 @@ def test_generation_run_with_a_decoder_scores_rouge_on_generated_text(tmp_path):
     m = record.metrics
     assert m["primary_metric"] == "rouge2" and set(m["test"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
     assert all(0 <= v <= 100 for v in m["test"].values())
+    assert set(m["test_xsum"]) == set(m["test"]) and m["num_examples"]["test_xsum"] == 4   # extra test set, capped
     assert record.history["loss"].gt(0).all()
 
 
