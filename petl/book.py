@@ -30,8 +30,10 @@ def execute(book_dir: Path = BOOK, runs_dir: str | None = None, timeout: int = 9
 
     if runs_dir is not None:
         os.environ["PETL_RUNS_DIR"] = str(Path(runs_dir).resolve())
-    # The kernels inherit these: no progress bars or load reports (their timings and order vary) in the outputs.
-    os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error")
+    # The kernels inherit these: no progress bars, load reports (their timings and order vary) or tqdm's
+    # notebook-widget warning (it prints the local install path) in the outputs.
+    os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error",
+                      PYTHONWARNINGS="ignore:IProgress not found")
     for path in notebooks(book_dir):
         start = time.time()
         notebook = nbformat.read(path, as_version=4)
