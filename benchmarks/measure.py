@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import random
 import statistics
 import sys
 import time
@@ -31,8 +32,11 @@ def prepare_all(specs: dict[str, MethodSpec], template, shape, device="cpu", aut
     for name, spec in specs.items():
         try:
             item = prepare(spec, template, shape, device=device, autocast=autocast)
-            for _ in range(warmup):
-                loss = item.step()
+            for index in range(max(warmup, 1)):
+                if index == 0:  # the first step also counts the work: deterministic, unlike its time
+                    loss, item.flops = count_flops(item.step)
+                else:
+                    loss = item.step()
                 if not torch.isfinite(loss):
                     raise Unsupported(f"non-finite loss {loss.item()} in warm-up")
             _sync(device)
@@ -45,6 +49,34 @@ def prepare_all(specs: dict[str, MethodSpec], template, shape, device="cpu", aut
         if name in unsupported:
             log(f"  {shape.name}/{name}: not measured ({unsupported[name][:160]})")
     return prepared, unsupported
+
+
+def count_flops(run_once) -> tuple:
+    """(result of run_once(), floating-point operations it ran: matmuls and attention, forward and backward).
+
+    torch's FlopCounterMode, plus formulas for the CPU flash-attention kernels SDPA runs here (torch counts
+    only the GPU ones). Elementwise work is not counted: matmuls are nearly all of a step's time.
+    """
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+
+    def attention(query, key, value) -> int:  # Q Kᵀ and P V per query head (grouped-query keys included)
+        batch, heads, q_len, dim = query
+        return 2 * batch * heads * q_len * key[-2] * (dim + value[-1])
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return attention(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return attention(query, key, value) * 5 // 2  # recomputed Q Kᵀ, then dV, dP, dQ, dK: 5 matmuls for 2
+
+    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: forward,
+               aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=mapping)
+    with counter:
+        result = run_once()
+    return result, counter.get_total_flops()
 
 
 def time_rounds(run_once: dict, rounds: int, min_rounds: int = 2, budget_s: float | None = None,
@@ -74,11 +106,25 @@ def time_rounds(run_once: dict, rounds: int, min_rounds: int = 2, budget_s: floa
 
 
 def paired_ratio(numerator: list[dict], denominator: list[dict], key: str = "wall_s") -> dict:
-    """Median (and min / max) over rounds of the per-round ratio numerator / denominator."""
+    """Median (and min / max) over rounds of the per-round ratio numerator / denominator, with a 95% interval.
+
+    ci95 is the percentile bootstrap interval of that median (rounds resampled with replacement, a fixed seed):
+    the resolution of the run. A ratio whose interval holds the limit is not decided by the run.
+    """
     ratios = [a[key] / b[key] for a, b in zip(numerator, denominator) if b[key] > 0]
     if not ratios:
-        return dict(median=float("nan"), min=float("nan"), max=float("nan"), rounds=0)
-    return dict(median=statistics.median(ratios), min=min(ratios), max=max(ratios), rounds=len(ratios))
+        nan = float("nan")
+        return dict(median=nan, min=nan, max=nan, rounds=0, ci95=[nan, nan])
+    return dict(median=statistics.median(ratios), min=min(ratios), max=max(ratios), rounds=len(ratios),
+                ci95=bootstrap_median_interval(ratios))
+
+
+def bootstrap_median_interval(values: list[float], resamples: int = 4000, seed: int = 0) -> list[float]:
+    """[2.5th, 97.5th] percentile of the median of `values` resampled with replacement."""
+    rng = random.Random(seed)
+    n = len(values)
+    medians = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    return [medians[int(0.025 * (resamples - 1))], medians[int(math.ceil(0.975 * (resamples - 1)))]]
 
 
 def median_time(times: list[dict], key: str = "wall_s") -> float:

@@ -20,7 +20,7 @@ from petl.core import head_parameters
 #: preset's scale s = alpha / r = 4 (alpha = 64), and PEFT's LoRA gets the same rank, alpha and targets.
 GLUE_SIZES = dict(length=16, rank=16, mam_scalar=2.0)
 
-FLOOR, FLOOR_PROMPT = "floor", "floor_prompt"
+FLOOR, FLOOR_AGAIN, FLOOR_PROMPT = "floor", "floor_again", "floor_prompt"
 
 
 @dataclass
@@ -53,6 +53,9 @@ def glue_methods(sizes: dict = GLUE_SIZES) -> dict[str, MethodSpec]:
     lora = petl.resolve("lora", attn_bn=r)
     specs = [
         MethodSpec(FLOOR, "floor", note="no added parameters, everything frozen, gradients flow to inputs_embeds"),
+        MethodSpec(FLOOR_AGAIN, "floor", reference=FLOOR,
+                   note="the floor timed a second time in every round: the A/A control, whose ratio to the floor "
+                        "shows the run's noise"),
         MethodSpec(FLOOR_PROMPT, "floor", extra_length=l, reference=FLOOR,
                    note=f"the floor at the input lengthened by the prompt (l={l}); prompt tuning's reference"),
         MethodSpec("full", "full", petl_config=petl.resolve("full").to_dict()),
@@ -175,6 +178,7 @@ class Prepared:
     optimizer: torch.optim.Optimizer | None
     family: str
     autocast: torch.dtype | None = None
+    flops: int | None = None  # per training step, counted in the first warm-up step
 
     def step(self) -> float:
         """One training step: forward, backward, optimizer step over the trainable parameters. Returns the loss."""

@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import gpu, run  # noqa: E402
-from benchmarks.measure import paired_ratio  # noqa: E402
+from benchmarks.measure import bootstrap_median_interval, count_flops, paired_ratio  # noqa: E402
 from benchmarks.memory import MMAP_THRESHOLD, measure, run_subprocess  # noqa: E402
 from benchmarks.methods import build_model, glue_methods, share_frozen  # noqa: E402
 from benchmarks.shapes import get_shape  # noqa: E402
@@ -51,14 +51,19 @@ def test_record_structure_and_ratios(record):
         assert timing["rounds"] == 2
         measured = set(timing["raw"])
         # Asked-for methods plus the floors they are divided by; what is missing is named with a reason.
-        assert measured | set(result["unsupported"]) == {"floor", "floor_prompt", *METHODS}
+        assert measured | set(result["unsupported"]) == {"floor", "floor_again", "floor_prompt", *METHODS}
         for name, times in timing["raw"].items():
             assert len(times) == 2 and all(_finite_positive(t["wall_s"]) for t in times)
         for name, ratio in timing["ratio_to_reference"].items():
             assert _finite_positive(ratio["wall_s"]["median"]) and _finite_positive(ratio["cpu_s"]["median"])
         assert timing["ratio_to_reference"]["prompt_tuning"]["reference"] == "floor_prompt"
         assert timing["ratio_to_peer"]["lora"]["peer"] == "peft_lora"
-        assert _finite_positive(timing["ratio_to_peer"]["lora"]["wall_s"]["median"])
+        low, high = timing["ratio_to_peer"]["lora"]["wall_s"]["ci95"]
+        assert low <= timing["ratio_to_peer"]["lora"]["wall_s"]["median"] <= high
+        # Work is counted exactly: our LoRA and PEFT's run the same matmuls; MAM does more than the floor.
+        work = result["work"]
+        assert work["ratio_to_peer"]["lora"] == 1.0
+        assert work["ratio_to_reference"]["mam"] > 1.0 and work["ratio_to_reference"]["floor_again"] == 1.0
         inference = result["inference"]
         assert all(_finite_positive(r["wall_s"]["median"]) for r in inference["ratio_to_bare"].values())
         assert inference["max_abs_logit_difference_merged_vs_unmerged"] < 1e-4  # merging keeps the function
@@ -71,6 +76,13 @@ def test_record_structure_and_ratios(record):
     assert ("tiny-bert", "lora", "step <= 1.0x peft_lora") in targets
     assert any(t[1] == "lora_merged" for t in targets) and any(t[1] == "mam" and "memory" in t[2] for t in targets)
     assert all(t["met"] in (True, False, None) for t in rec["targets"])
+    control = [t for t in rec["targets"] if t["method"] == "floor_again"]
+    assert len(control) == 2 and all(t["limit"] is None and t["met"] is None for t in control)
+    for t in rec["targets"]:
+        low, high = t["ci95"]
+        if t["value"] is not None and low is not None and t["limit"] is not None:
+            assert low <= t["value"] <= high
+            assert t["decided"] == (high <= t["limit"] or low > t["limit"])
 
 
 def test_memory_in_a_fresh_process(tmp_path):
@@ -89,6 +101,30 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
     a = [dict(wall_s=2.0), dict(wall_s=30.0), dict(wall_s=3.0)]
     b = [dict(wall_s=1.0), dict(wall_s=10.0), dict(wall_s=3.0)]
     assert paired_ratio(a, b)["median"] == 2.0  # rounds 3, 2 and 1: a slow round does not distort the ratio
+
+
+def test_bootstrap_interval_holds_the_median_and_shrinks_with_rounds():
+    noisy = [1.0 + 0.1 * ((7 * i) % 11 - 5) / 5 for i in range(40)]  # a spread of ±10% around 1.0
+    low, high = bootstrap_median_interval(noisy[:8])
+    wide = high - low
+    assert low <= 1.0 <= high
+    low, high = bootstrap_median_interval(noisy)
+    assert low <= 1.0 <= high and high - low < wide
+    assert bootstrap_median_interval([2.0, 2.0, 2.0]) == [2.0, 2.0]
+    assert bootstrap_median_interval(noisy) == bootstrap_median_interval(noisy)  # a fixed seed: reproducible
+
+
+def test_flop_count_includes_attention_forward_and_backward():
+    batch, heads, kv_heads, length, dim = 2, 4, 2, 8, 16
+    q = torch.randn(batch, heads, length, dim, requires_grad=True)
+    k, v = (torch.randn(batch, kv_heads, length + 3, dim, requires_grad=True) for _ in range(2))
+
+    def attend():
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True).sum().backward()
+
+    _, flops = count_flops(attend)
+    forward = 2 * batch * heads * length * (length + 3) * (2 * dim)  # Q Kᵀ and P V
+    assert flops == forward + forward * 5 // 2
 
 
 def test_methods_share_the_frozen_backbone():
