@@ -278,11 +278,35 @@ def benchmark_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
         device = record.get("machine", {}).get("cpu", "")
         rows = [{"shape": t.get("shape"), "method": t.get("method"), "target": t.get("target"),
                  "measured": "—" if t.get("value") is None else f"{t['value']:.3f}",
-                 "met": {True: "yes", False: "no", None: "n/a"}[t.get("met")]}
+                 "95% interval": _interval(t.get("ci95")), "verdict": benchmark_verdict(t),
+                 "FLOPs ×": _work_ratio(record, t)}
                 for t in record.get("targets", [])]
         if rows:
-            tables[f"{name} ({device}, {'quick' if record.get('quick') else 'full'} run)"] = pd.DataFrame(rows)
+            rounds = ", ".join(f"{s}: {r.get('timing', {}).get('rounds', 0)} rounds"
+                               for s, r in record.get("shapes", {}).items())
+            tables[f"{name} ({device}, {rounds}; {record.get('command', '')})"] = pd.DataFrame(rows)
     return tables
+
+
+def _interval(ci) -> str:
+    return f"{ci[0]:.3f}–{ci[1]:.3f}" if ci and None not in ci else "—"
+
+
+def benchmark_verdict(target: dict) -> str:
+    """'met' / 'not met' by the median (the issue's test); 'within noise' where the 95% interval holds the limit;
+    the A/A control has no limit (its interval is the run's resolution)."""
+    if target.get("limit") is None:
+        return "control"
+    verdict = {True: "met", False: "not met", None: "not measured"}[target.get("met")]
+    return verdict + (", within noise" if target.get("decided") is False else "")
+
+
+def _work_ratio(record: dict, target: dict) -> str:
+    """The exact FLOP ratio behind a timed step target (ours / reference or ours / peer), where recorded."""
+    work = record.get("shapes", {}).get(target.get("shape"), {}).get("work", {})
+    kind = "ratio_to_peer" if "peft_" in target.get("target", "") else "ratio_to_reference"
+    value = work.get(kind, {}).get(target.get("method")) if target.get("target", "").startswith(("step", "A/A")) else None
+    return "—" if value is None else f"{value:.3f}"
 
 
 def grid_cost_on_cpu(runs: pd.DataFrame, grid_dir: str | os.PathLike | None = None,
@@ -344,6 +368,32 @@ def cpu_timing_summary(timing_dir: str | os.PathLike | None = None) -> pd.DataFr
     return df[[c for c in columns if c in df]].sort_values(["task", "variant"]).reset_index(drop=True)
 
 
+def benchmark_parity(records: list[dict]) -> pd.DataFrame:
+    """Ours against PEFT on the same method, and the A/A control, per shape: from the newest record (with
+    intervals) that has the most rounds of the comparison. Each row is timed (median of per-round ratios and
+    its 95% interval) and counted (FLOPs of one step, exact)."""
+    best: dict = {}
+    for record in records:
+        for target in record.get("targets", []):
+            is_peer = "peft_" in target.get("target", "")
+            if not (is_peer or target.get("method") == "floor_again") or not target.get("ci95") \
+                    or None in target["ci95"] or target.get("value") is None:
+                continue
+            timing = record["shapes"][target["shape"]]["timing"]
+            rounds = timing["rounds"]
+            key = (target["shape"], target["method"])
+            if key not in best or rounds > best[key][0]:
+                best[key] = (rounds, record, target)
+    rows = []
+    for (shape, method), (rounds, record, target) in sorted(best.items()):
+        versus = target["target"].split("x ")[-1] if target.get("limit") is not None else "floor"
+        rows.append({"shape": shape, "ours": method, "against": versus, "rounds": rounds,
+                     "time ×": f"{target['value']:.3f}", "95% interval": _interval(target["ci95"]),
+                     "FLOPs ×": _work_ratio(record, target), "verdict": benchmark_verdict(target),
+                     "record": Path(record["_path"]).name})
+    return pd.DataFrame(rows)
+
+
 def benchmark_plot(records: list[dict]) -> None:
     """Training-step time as a multiple of the floor, per method and shape, from the newest CPU record."""
     import matplotlib.pyplot as plt
@@ -351,20 +401,27 @@ def benchmark_plot(records: list[dict]) -> None:
     if not cpu:
         print("No CPU benchmark record yet: run `python -m benchmarks.run`.")
         return
-    # Per shape, the record that measured the most methods against the floor (partial re-runs hold a few).
+    # Per shape, the record that measured the most methods against the floor (partial re-runs hold a few);
+    # among equals, one with intervals, then the newest.
     def floor_targets(record, shape):
         return [t for t in record["targets"] if t.get("shape") == shape and "x floor" in t.get("target", "")
                 and t.get("value") is not None]
     shapes = sorted({t["shape"] for r in cpu for t in r["targets"]})
-    targets = [t for shape in shapes for t in max((floor_targets(r, shape) for r in cpu), key=len)]
-    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 3.5), squeeze=False)
+    def rank(targets):
+        return len(targets), any(t.get("ci95") and None not in t["ci95"] for t in targets)
+    targets = [t for shape in shapes for t in max((floor_targets(r, shape) for r in cpu), key=rank)]
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
         rows = [t for t in targets if t["shape"] == shape]
-        ax.barh([t["method"] for t in rows], [t["value"] for t in rows], color="#4c72b0")
+        values = [t["value"] for t in rows]
+        # The 95% bootstrap interval of each median where the record has it (older records: none).
+        errors = [[v - (t.get("ci95") or [v, v])[0] for v, t in zip(values, rows)],
+                  [(t.get("ci95") or [v, v])[1] - v for v, t in zip(values, rows)]]
+        ax.barh([t["method"] for t in rows], values, xerr=errors, color="#4c72b0", capsize=2)
         ax.axvline(1.0, color="black", lw=1)
         ax.axvline(rows[0]["limit"], color="red", ls="--", label=f"target {rows[0]['limit']}x")
         ax.invert_yaxis()
-        ax.set_xlabel("training step time / floor (median of paired ratios)")
+        ax.set_xlabel("training step time / floor (median of paired ratios, 95% interval)")
         ax.set_title(shape)
         ax.legend()
     plt.tight_layout()
