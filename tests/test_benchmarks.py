@@ -158,3 +158,16 @@ def test_gpu_script_logic_on_cpu(tmp_path):
     assert set(result["timing"]["raw"]) == {"floor", "full", "prefix", "lora", "pa_ffn", "mam", "peft_lora"}
     assert all(_finite_positive(r["median"]) for r in result["timing"]["ratio_to_floor"].values())
     assert rec["batches"]["16"]["timing"]["rounds"] == 2
+
+
+def test_book_tables_read_the_record(record):
+    from petl import report
+    rec, path = record
+    rec = rec | {"_path": str(path)}
+    parity = report.benchmark_parity([rec])
+    assert {"lora", "floor_again"} <= set(parity["ours"])
+    row = parity[(parity["ours"] == "lora") & (parity["shape"] == "tiny-llama")].iloc[0]
+    assert row["against"] == "peft_lora" and row["FLOPs ×"] == "1.000" and "–" in row["95% interval"]
+    frame = next(iter(report.benchmark_tables([rec]).values()))
+    assert {"95% interval", "verdict", "FLOPs ×"} <= set(frame.columns)
+    assert "control" in set(frame["verdict"]) and "met" in " ".join(frame["verdict"])
