@@ -394,6 +394,14 @@ def benchmark_parity(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def records_named(frame: pd.DataFrame) -> str:
+    """'shape: record' for each shape of a benchmark_parity table (the table itself leaves the long names out)."""
+    if frame.empty:
+        return "none"
+    pairs = frame[["shape", "record"]].drop_duplicates()
+    return "; ".join(f"{shape}: {record}" for shape, record in pairs.itertuples(index=False))
+
+
 def benchmark_plot(records: list[dict]) -> None:
     """Training-step time as a multiple of the floor, per method and shape, from the newest CPU record."""
     import matplotlib.pyplot as plt
@@ -404,8 +412,8 @@ def benchmark_plot(records: list[dict]) -> None:
     # Per shape, the record that measured the most methods against the floor (partial re-runs hold a few);
     # among equals, one with intervals, then the newest.
     def floor_targets(record, shape):
-        return [t for t in record["targets"] if t.get("shape") == shape and "x floor" in t.get("target", "")
-                and t.get("value") is not None]
+        return [t for t in record["targets"] if t.get("shape") == shape and t.get("clock") == "wall_s"
+                and t.get("target", "").startswith("step") and "x floor" in t["target"] and t.get("value") is not None]
     shapes = sorted({t["shape"] for r in cpu for t in r["targets"]})
     def rank(targets):
         return len(targets), any(t.get("ci95") and None not in t["ci95"] for t in targets)
@@ -415,8 +423,8 @@ def benchmark_plot(records: list[dict]) -> None:
         rows = [t for t in targets if t["shape"] == shape]
         values = [t["value"] for t in rows]
         # The 95% bootstrap interval of each median where the record has it (older records: none).
-        errors = [[v - (t.get("ci95") or [v, v])[0] for v, t in zip(values, rows)],
-                  [(t.get("ci95") or [v, v])[1] - v for v, t in zip(values, rows)]]
+        intervals = [t["ci95"] if t.get("ci95") and None not in t["ci95"] else [v, v] for v, t in zip(values, rows)]
+        errors = [[v - low for v, (low, _) in zip(values, intervals)], [high - v for v, (_, high) in zip(values, intervals)]]
         ax.barh([t["method"] for t in rows], values, xerr=errors, color="#4c72b0", capsize=2)
         ax.axvline(1.0, color="black", lw=1)
         ax.axvline(rows[0]["limit"], color="red", ls="--", label=f"target {rows[0]['limit']}x")

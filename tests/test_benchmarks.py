@@ -166,6 +166,7 @@ def test_book_tables_read_the_record(record):
     rec = rec | {"_path": str(path)}
     parity = report.benchmark_parity([rec])
     assert {"lora", "floor_again"} <= set(parity["ours"])
+    assert "tiny-llama: " in report.records_named(parity)
     row = parity[(parity["ours"] == "lora") & (parity["shape"] == "tiny-llama")].iloc[0]
     assert row["against"] == "peft_lora" and row["FLOPs ×"] == "1.000" and "–" in row["95% interval"]
     frame = next(iter(report.benchmark_tables([rec]).values()))
