@@ -391,7 +391,8 @@ def benchmark_parity(records: list[dict]) -> pd.DataFrame:
                      "time ×": f"{target['value']:.3f}", "95% interval": _interval(target["ci95"]),
                      "FLOPs ×": _work_ratio(record, target), "verdict": benchmark_verdict(target),
                      "record": Path(record["_path"]).name})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["shape", "ours", "against", "rounds", "time ×", "95% interval", "FLOPs ×",
+                                       "verdict", "record"])
 
 
 def records_named(frame: pd.DataFrame) -> str:

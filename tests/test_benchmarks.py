@@ -172,3 +172,24 @@ def test_book_tables_read_the_record(record):
     frame = next(iter(report.benchmark_tables([rec]).values()))
     assert {"95% interval", "verdict", "FLOPs ×"} <= set(frame.columns)
     assert "control" in set(frame["verdict"]) and "met" in " ".join(frame["verdict"])
+
+
+def test_profile_ops_compares_methods_op_by_op(tmp_path):
+    from benchmarks import profile_ops
+    threads = torch.get_num_threads()
+    try:
+        table = profile_ops.main(["floor", "lora", "--shape", "tiny-bert", "--steps", "1", "--threads", "1",
+                                  "--out", str(tmp_path / "p.txt")])
+    finally:
+        torch.set_num_threads(threads)
+    header = table.splitlines()[0]
+    assert "floor" in header and "lora" in header and table.splitlines()[1].startswith("total")
+    assert "aten::" in table and (tmp_path / "p.txt").read_text().startswith("python -m benchmarks.profile_ops")
+    with pytest.raises(ValueError, match="valid methods are"):
+        profile_ops.profile_methods("tiny-bert", ["nonsense"])
+
+
+def test_book_tables_without_records():
+    from petl import report
+    parity = report.benchmark_parity([])
+    assert parity.empty and "record" in parity.columns and report.records_named(parity) == "none"
