@@ -36,8 +36,15 @@ from benchmarks.shapes import get_shape
 DEFAULT_SHAPES = ("minilm", "smollm2")
 #: Rounds per shape (full run, quick run); the time budget may stop a full run earlier (never under 3 rounds).
 ROUNDS = {"minilm": (9, 2), "smollm2": (4, 1)}
+#: Inference rounds per shape in a full run (bare, unmerged and merged LoRA once each per round).
+INFERENCE_ROUNDS = {"minilm": 9, "smollm2": 5}
 #: Share of the time budget each shape's timing rounds may use.
-BUDGET_SHARE = {"minilm": 0.22, "smollm2": 0.45}
+BUDGET_SHARE = {"minilm": 0.22, "smollm2": 0.3}
+#: What a run without --methods measures on a shape, where not every method: a SmolLM2 step takes about five
+#: MiniLM steps, so within the default run's 10 minutes it times the comparisons with PEFT and MAM, and
+#: measures the memory of LoRA and MAM. `--methods all` measures every method on every shape.
+DEFAULT_PLAN = {"smollm2": dict(methods=("lora", "peft_lora", "prefix_nomlp", "peft_prefix", "mam"),
+                                memory=("lora", "mam"))}
 #: The issue's targets.
 STEP_LIMIT, PEER_LIMIT, MERGED_LIMIT, MAM_MEMORY_LIMIT = 1.10, 1.0, 1.02, 1.10
 CLOCKS = ("wall_s", "cpu_s")
@@ -106,7 +113,7 @@ def bench_shape(shape_name: str, args, specs: dict) -> dict:
     if "lora" in specs:
         bare, unmerged, merged = lora_inference_models(template, specs["lora"])
         models = dict(bare=bare, lora_unmerged=unmerged, lora_merged=merged)
-        inf_rounds = args.inference_rounds or (3 if args.quick else 9)
+        inf_rounds = args.inference_rounds or (3 if args.quick else INFERENCE_ROUNDS.get(shape_name, 9))
         with torch.no_grad():
             times, difference = inference_rounds(models, shape.make_batch(), shape.family, inf_rounds,
                                                  label=f"{shape_name} inference")
@@ -150,18 +157,18 @@ def _work_summary(flops: dict, specs: dict) -> dict:
                 ratio_to_peer={n: ratio(n, s.peer) for n, s in specs.items() if n in flops and s.peer in flops})
 
 
-def measure_memory(shapes: dict, specs: dict, args) -> None:
-    """Peak memory of every method that trained, all shapes in one fresh process; adds 'memory' per shape."""
+def measure_memory(shapes: dict, memory_methods: dict, args) -> None:
+    """Peak memory of the chosen methods that trained, one fresh process per shape; adds 'memory' per shape."""
     steps = args.memory_steps or (1 if args.quick else 2)
-    names = [n for n in specs if any(n not in r["unsupported"] for r in shapes.values())]
-    log(f"peak memory of {len(names)} methods on {', '.join(shapes)} ({steps} steps each, {args.memory})")
-    if args.memory == "inprocess":  # quicker (no new interpreter) but glibc's heap is not set up for it
-        memory = measure_in_process(list(shapes), names, steps)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            memory = run_subprocess(list(shapes), names, steps, args.threads, Path(tmp) / "memory.json",
-                                    timeout_s=args.budget_s * 2)
     for shape_name, result in shapes.items():
+        names = [n for n in memory_methods[shape_name] if n not in result["unsupported"] and n != FLOOR_AGAIN]
+        log(f"[{shape_name}] peak memory of {len(names)} methods ({steps} steps each, {args.memory})")
+        if args.memory == "inprocess":  # quicker (no new interpreter) but glibc's heap is not set up for it
+            memory = measure_in_process([shape_name], names, steps)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                memory = run_subprocess([shape_name], names, steps, args.threads, Path(tmp) / "memory.json",
+                                        timeout_s=args.budget_s * 2)
         result["memory"] = _memory_summary(memory["shapes"][shape_name], memory)
 
 
@@ -202,7 +209,7 @@ def evaluate_targets(shapes: dict, specs: dict) -> list[dict]:
     for shape_name, result in shapes.items():
         timing = result["timing"]
         for name, spec in specs.items():
-            if spec.kind != "petl":
+            if spec.kind != "petl" or name not in timing["raw"] and name not in result["unsupported"]:
                 continue
             row(shape_name, f"step <= {STEP_LIMIT}x {spec.reference}", name,
                 limit=STEP_LIMIT, **timed(timing["ratio_to_reference"], name))
@@ -301,7 +308,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and memory steps (rough ratios)")
     parser.add_argument("--shapes", nargs="+", default=list(DEFAULT_SHAPES))
-    parser.add_argument("--methods", nargs="+", default=None, help="a subset of the methods (floor is always in)")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="methods to measure on every shape, or 'all' (default: all on minilm, DEFAULT_PLAN on smollm2)")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds per shape (default: per shape)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method before the rounds")
     parser.add_argument("--inference-rounds", type=int, default=None)
@@ -319,18 +327,31 @@ def parse_args(argv=None):
     return args
 
 
+def plan_for(shape: str, methods: list[str] | None, specs: dict) -> tuple[list[str], list[str]]:
+    """(methods timed, methods whose memory is measured) on one shape: --methods if given ('all': every method),
+    else DEFAULT_PLAN's for the shape, else every method. The floor, its A/A control and the floors the chosen
+    methods are divided by are always timed; the floor's memory is always measured."""
+    if methods and methods != ["all"]:
+        chosen = memory = list(methods)
+    elif methods == ["all"] or shape not in DEFAULT_PLAN:
+        chosen = memory = list(specs)
+    else:
+        chosen, memory = list(DEFAULT_PLAN[shape]["methods"]), list(DEFAULT_PLAN[shape]["memory"])
+    keep = {FLOOR, FLOOR_AGAIN, *chosen} | {specs[m].reference for m in chosen}
+    timed = [n for n in specs if n in keep]
+    return timed, [n for n in specs if n in {FLOOR, *memory} and n != FLOOR_AGAIN]
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
     environment_threads(args.threads)
     specs = glue_methods()
-    if args.methods:
-        unknown = [m for m in args.methods if m not in specs]
-        if unknown:
-            raise SystemExit(f"unknown method(s) {unknown}; valid methods are {', '.join(specs)}")
-        keep = {FLOOR, FLOOR_AGAIN, *args.methods}
-        keep |= {specs[m].reference for m in args.methods}
-        specs = {n: s for n, s in specs.items() if n in keep}
+    unknown = [m for m in args.methods or () if m not in specs and m != "all"]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; valid methods are all, {', '.join(specs)}")
+    plans = {shape: plan_for(shape, args.methods, specs) for shape in args.shapes}
+    measured = {name for timed, _ in plans.values() for name in timed}
     now = dt.datetime.now(dt.timezone.utc)
     out = args.out or Path("runs/benchmarks") / f"cpu-{now:%Y%m%d-%H%M%S}.json"
     from petl.runs import git_commit
@@ -344,13 +365,16 @@ def main(argv=None) -> dict:
                                 step="forward + loss + backward + optimizer.step + zero_grad(set_to_none)",
                                 floor="stock model, every weight frozen, inputs_embeds.requires_grad_()",
                                 sizes=GLUE_SIZES),
-                  methods={n: s.describe() for n, s in specs.items()}, shapes={})
+                  methods={n: s.describe() for n, s in specs.items() if n in measured},
+                  plan={shape: dict(timed=list(timed), memory=list(memory)) for shape, (timed, memory) in plans.items()},
+                  shapes={})
     for shape_name in args.shapes:
-        record["shapes"][shape_name] = bench_shape(shape_name, args, specs)
+        timed = {n: specs[n] for n in plans[shape_name][0]}
+        record["shapes"][shape_name] = bench_shape(shape_name, args, timed)
         record["complete"] = False  # a run cut short still leaves what it measured, marked incomplete
         write_record(record, out)
     if args.memory != "off":
-        measure_memory(record["shapes"], specs, args)
+        measure_memory(record["shapes"], {shape: memory for shape, (_, memory) in plans.items()}, args)
     record["targets"] = evaluate_targets(record["shapes"], specs)
     record["machine"]["loadavg_end"] = list(os.getloadavg())
     record["wall_time_s"] = time.perf_counter() - started

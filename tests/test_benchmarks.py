@@ -193,3 +193,15 @@ def test_book_tables_without_records():
     from petl import report
     parity = report.benchmark_parity([])
     assert parity.empty and "record" in parity.columns and report.records_named(parity) == "none"
+
+
+def test_default_plan_per_shape():
+    specs = glue_methods()
+    timed, memory = run.plan_for("minilm", None, specs)
+    assert timed == list(specs) and "floor_again" not in memory and "mam" in memory
+    timed, memory = run.plan_for("smollm2", None, specs)
+    assert set(timed) == {"floor", "floor_again", "lora", "peft_lora", "prefix_nomlp", "peft_prefix", "mam"}
+    assert memory == ["floor", "lora", "mam"]
+    assert run.plan_for("smollm2", ["all"], specs)[0] == list(specs)
+    timed, memory = run.plan_for("smollm2", ["prompt_tuning"], specs)
+    assert timed == ["floor", "floor_again", "floor_prompt", "prompt_tuning"] and memory == ["floor", "prompt_tuning"]

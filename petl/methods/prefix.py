@@ -158,6 +158,13 @@ def petl_attention(module, query, key, value, attention_mask, scaling=None, drop
             position_bias = nn.functional.pad(position_bias[..., :key.shape[2] - group.length], (group.length, 0))
             kwargs["position_bias"] = position_bias
         kwargs["is_causal"] = False
+        if key.shape[1] < heads and query.device.type == "cpu" and position_bias is None:
+            # Grouped-query attention with a mask: transformers repeats K and V per query head (its CUDA kernels
+            # would fall back to plain math otherwise), but the CPU flash kernel takes the key/value heads as they
+            # are. Not repeating them saves that copy and keeps the tensors saved for backward 1/groups the size.
+            out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
+                                                             scale=scaling, enable_gqa=True)
+            return out.transpose(1, 2).contiguous(), None
         return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
 
     # Separate prefix attention (right side of Eq. 7): softmax(x W_q P_kᵀ) P_v, or ReLU(...) for the MH adapter.
