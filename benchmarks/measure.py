@@ -112,11 +112,17 @@ def paired_ratio(numerator: list[dict], denominator: list[dict], key: str = "wal
     the resolution of the run. A ratio whose interval holds the limit is not decided by the run.
     """
     ratios = [a[key] / b[key] for a, b in zip(numerator, denominator) if b[key] > 0]
+    nan = float("nan")
     if not ratios:
-        nan = float("nan")
         return dict(median=nan, min=nan, max=nan, rounds=0, ci95=[nan, nan])
+    interval = bootstrap_median_interval(ratios) if len(ratios) >= MIN_ROUNDS_FOR_INTERVAL else [nan, nan]
     return dict(median=statistics.median(ratios), min=min(ratios), max=max(ratios), rounds=len(ratios),
-                ci95=bootstrap_median_interval(ratios))
+                ci95=interval)
+
+
+#: Fewer rounds give no interval: with n rounds all on one side of a limit, a sign test reaches 95% only from
+#: n = 6 (2 · 0.5^6 = 0.03), and a bootstrap of 3-5 values is little more than their range.
+MIN_ROUNDS_FOR_INTERVAL = 6
 
 
 def bootstrap_median_interval(values: list[float], resamples: int = 4000, seed: int = 0) -> list[float]:

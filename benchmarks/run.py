@@ -291,6 +291,8 @@ def format_table(record: dict) -> str:
             verdict = {True: "met", False: "NOT met", None: "not measured"}[r["met"]]
             if r.get("decided") is False:
                 verdict += ", within noise"
+            elif r.get("decided") is None and r["value"] is not None and r["clock"] != "memory":
+                verdict += ", no interval (under 6 rounds)"
         ci = r.get("ci95") or [None, None]
         ci_text = f"[{f(ci[0])}, {f(ci[1])}]" if None not in ci else ""
         lines.append(f"{r['shape']:<11}{r['method']:<14}{r['target']:<58}{f(r['value']):>7} {ci_text:<16} {verdict}")

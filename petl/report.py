@@ -278,7 +278,7 @@ def benchmark_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
         device = record.get("machine", {}).get("cpu", "")
         rows = [{"shape": t.get("shape"), "method": t.get("method"), "target": t.get("target"),
                  "measured": "—" if t.get("value") is None else f"{t['value']:.3f}",
-                 "95% interval": _interval(t.get("ci95")), "verdict": benchmark_verdict(t),
+                 "95% interval": _interval(_usable_interval(record, t)), "verdict": benchmark_verdict(t, record),
                  "FLOPs ×": _work_ratio(record, t)}
                 for t in record.get("targets", [])]
         if rows:
@@ -292,12 +292,35 @@ def _interval(ci) -> str:
     return f"{ci[0]:.3f}–{ci[1]:.3f}" if ci and None not in ci else "—"
 
 
-def benchmark_verdict(target: dict) -> str:
+#: Intervals of fewer rounds are not shown (benchmarks.measure.MIN_ROUNDS_FOR_INTERVAL; older records had them).
+MIN_ROUNDS_FOR_INTERVAL = 6
+
+
+def _rounds(record: dict, target: dict) -> int | None:
+    """How many rounds a timed target's ratio has (training step or inference), from its record."""
+    shape = record.get("shapes", {}).get(target.get("shape"), {})
+    part = shape.get("inference", {}) if "inference" in target.get("target", "") else shape.get("timing", {})
+    return part.get("rounds")
+
+
+def _usable_interval(record: dict, target: dict):
+    ci = target.get("ci95")
+    rounds = _rounds(record, target)
+    if not ci or None in ci or rounds is None or rounds < MIN_ROUNDS_FOR_INTERVAL:
+        return None
+    return ci
+
+
+def benchmark_verdict(target: dict, record: dict | None = None) -> str:
     """'met' / 'not met' by the median (the issue's test); 'within noise' where the 95% interval holds the limit;
-    the A/A control has no limit (its interval is the run's resolution)."""
+    'no interval' under 6 rounds; the A/A control has no limit (its interval is the run's resolution)."""
     if target.get("limit") is None:
         return "control"
     verdict = {True: "met", False: "not met", None: "not measured"}[target.get("met")]
+    if target.get("clock") == "memory" or target.get("value") is None:
+        return verdict
+    if record is not None and _usable_interval(record, target) is None:
+        return verdict + ", no interval (under 6 rounds)"
     return verdict + (", within noise" if target.get("decided") is False else "")
 
 
@@ -376,8 +399,8 @@ def benchmark_parity(records: list[dict]) -> pd.DataFrame:
     for record in records:
         for target in record.get("targets", []):
             is_peer = "peft_" in target.get("target", "")
-            if not (is_peer or target.get("method") == "floor_again") or not target.get("ci95") \
-                    or None in target["ci95"] or target.get("value") is None:
+            if not (is_peer or target.get("method") == "floor_again") or target.get("value") is None \
+                    or _usable_interval(record, target) is None:
                 continue
             timing = record["shapes"][target["shape"]]["timing"]
             rounds = timing["rounds"]
@@ -388,8 +411,8 @@ def benchmark_parity(records: list[dict]) -> pd.DataFrame:
     for (shape, method), (rounds, record, target) in sorted(best.items()):
         versus = target["target"].split("x ")[-1] if target.get("limit") is not None else "floor"
         rows.append({"shape": shape, "ours": method, "against": versus, "rounds": rounds,
-                     "time ×": f"{target['value']:.3f}", "95% interval": _interval(target["ci95"]),
-                     "FLOPs ×": _work_ratio(record, target), "verdict": benchmark_verdict(target),
+                     "time ×": f"{target['value']:.3f}", "95% interval": _interval(_usable_interval(record, target)),
+                     "FLOPs ×": _work_ratio(record, target), "verdict": benchmark_verdict(target, record),
                      "record": Path(record["_path"]).name})
     return pd.DataFrame(rows, columns=["shape", "ours", "against", "rounds", "time ×", "95% interval", "FLOPs ×",
                                        "verdict", "record"])
@@ -411,27 +434,29 @@ def benchmark_plot(records: list[dict]) -> None:
         print("No CPU benchmark record yet: run `python -m benchmarks.run`.")
         return
     # Per shape, the record that measured the most methods against the floor (partial re-runs hold a few);
-    # among equals, one with intervals, then the newest.
+    # among equals, the one with the most rounds, then the newest.
     def floor_targets(record, shape):
         return [t for t in record["targets"] if t.get("shape") == shape and t.get("clock") == "wall_s"
                 and t.get("target", "").startswith("step") and "x floor" in t["target"] and t.get("value") is not None]
     shapes = sorted({t["shape"] for r in cpu for t in r["targets"]})
-    def rank(targets):
-        return len(targets), any(t.get("ci95") and None not in t["ci95"] for t in targets)
-    targets = [t for shape in shapes for t in max((floor_targets(r, shape) for r in cpu), key=rank)]
+    chosen = {shape: max(cpu, key=lambda r: (len(floor_targets(r, shape)),
+                                             r.get("shapes", {}).get(shape, {}).get("timing", {}).get("rounds", 0)))
+              for shape in shapes}
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
-        rows = [t for t in targets if t["shape"] == shape]
+        record = chosen[shape]
+        rows = floor_targets(record, shape)
         values = [t["value"] for t in rows]
-        # The 95% bootstrap interval of each median where the record has it (older records: none).
-        intervals = [t["ci95"] if t.get("ci95") and None not in t["ci95"] else [v, v] for v, t in zip(values, rows)]
+        # The 95% bootstrap interval of each median where the record has one (6 rounds or more).
+        intervals = [_usable_interval(record, t) or [v, v] for v, t in zip(values, rows)]
         errors = [[v - low for v, (low, _) in zip(values, intervals)], [high - v for v, (_, high) in zip(values, intervals)]]
         ax.barh([t["method"] for t in rows], values, xerr=errors, color="#4c72b0", capsize=2)
         ax.axvline(1.0, color="black", lw=1)
         ax.axvline(rows[0]["limit"], color="red", ls="--", label=f"target {rows[0]['limit']}x")
         ax.invert_yaxis()
         ax.set_xlabel("training step time / floor (median of paired ratios, 95% interval)")
-        ax.set_title(shape)
+        rounds = record.get("shapes", {}).get(shape, {}).get("timing", {}).get("rounds")
+        ax.set_title(f"{shape}: {Path(record['_path']).name}, {rounds} rounds", fontsize=9)
         ax.legend()
     plt.tight_layout()
     plt.show()

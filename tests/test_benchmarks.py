@@ -33,7 +33,7 @@ def record(tmp_path_factory):
     threads = torch.get_num_threads()
     try:
         run.main(["--quick", "--shapes", "tiny-bert", "tiny-llama", "--methods", *METHODS, "--threads", "1",
-                  "--rounds", "2", "--inference-rounds", "2", "--memory", "inprocess", "--out", str(out)])
+                  "--rounds", "6", "--inference-rounds", "6", "--memory", "inprocess", "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
     return json.loads(out.read_text()), out
@@ -48,12 +48,12 @@ def test_record_structure_and_ratios(record):
     assert set(rec["shapes"]) == {"tiny-bert", "tiny-llama"}
     for shape, result in rec["shapes"].items():
         timing = result["timing"]
-        assert timing["rounds"] == 2
+        assert timing["rounds"] == 6
         measured = set(timing["raw"])
         # Asked-for methods plus the floors they are divided by; what is missing is named with a reason.
         assert measured | set(result["unsupported"]) == {"floor", "floor_again", "floor_prompt", *METHODS}
         for name, times in timing["raw"].items():
-            assert len(times) == 2 and all(_finite_positive(t["wall_s"]) for t in times)
+            assert len(times) == 6 and all(_finite_positive(t["wall_s"]) for t in times)
         for name, ratio in timing["ratio_to_reference"].items():
             assert _finite_positive(ratio["wall_s"]["median"]) and _finite_positive(ratio["cpu_s"]["median"])
         assert timing["ratio_to_reference"]["prompt_tuning"]["reference"] == "floor_prompt"
@@ -205,3 +205,12 @@ def test_default_plan_per_shape():
     assert run.plan_for("smollm2", ["all"], specs)[0] == list(specs)
     timed, memory = run.plan_for("smollm2", ["prompt_tuning"], specs)
     assert timed == ["floor", "floor_again", "floor_prompt", "prompt_tuning"] and memory == ["floor", "prompt_tuning"]
+
+
+def test_no_interval_under_six_rounds():
+    five = [dict(wall_s=1.0 + i / 10) for i in range(5)]
+    ones = [dict(wall_s=1.0)] * 6
+    assert all(math.isnan(x) for x in paired_ratio(five, ones[:5])["ci95"])  # no interval (None in the record)
+    six = five + [dict(wall_s=1.25)]
+    low, high = paired_ratio(six, ones)["ci95"]
+    assert low <= paired_ratio(six, ones)["median"] <= high
