@@ -91,7 +91,9 @@ def bench_shape(shape_name: str, args, specs: dict) -> dict:
     """Timing, inference and memory of every method on one shape."""
     shape = get_shape(shape_name)
     rounds = args.rounds or ROUNDS.get(shape_name, (3, 2))[1 if args.quick else 0]
-    budget = None if args.quick else args.budget_s * BUDGET_SHARE.get(shape_name, 0.3)
+    # The default run shares its budget between shapes; with --rounds given, the whole budget is this shape's.
+    share = 1.0 if args.rounds else BUDGET_SHARE.get(shape_name, 0.3)
+    budget = None if args.quick else args.budget_s * share
     log(f"[{shape_name}] building the template and {len(specs)} methods")
     template = shape.build()
     out: dict = dict(shape=dict(family=shape.family, config=shape.config, batch=shape.batch, length=shape.length,
@@ -319,7 +321,7 @@ def parse_args(argv=None):
                         help="peak memory in a fresh process (default), in this one (quick, rougher), or not")
     parser.add_argument("--memory-steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2 = the cores)")
-    parser.add_argument("--budget-s", type=float, default=480.0,
+    parser.add_argument("--budget-s", type=float, default=480.0,  # shared by the shapes unless --rounds is given
                         help="time budget that stops timing rounds early (after 3 rounds at least)")
     parser.add_argument("--out", type=Path, default=None,
                         help="record path (default runs/benchmarks/cpu-<UTC date and time>.json)")
