@@ -296,11 +296,15 @@ def _interval(ci) -> str:
 MIN_ROUNDS_FOR_INTERVAL = 6
 
 
+def _shape_rounds(record: dict, shape: str, part: str = "timing") -> int | None:
+    """Rounds of a record's training-step timing ('timing') or inference ('inference') on one shape."""
+    return record.get("shapes", {}).get(shape, {}).get(part, {}).get("rounds")
+
+
 def _rounds(record: dict, target: dict) -> int | None:
     """How many rounds a timed target's ratio has (training step or inference), from its record."""
-    shape = record.get("shapes", {}).get(target.get("shape"), {})
-    part = shape.get("inference", {}) if "inference" in target.get("target", "") else shape.get("timing", {})
-    return part.get("rounds")
+    part = "inference" if "inference" in target.get("target", "") else "timing"
+    return _shape_rounds(record, target.get("shape"), part)
 
 
 def _usable_interval(record: dict, target: dict):
@@ -439,8 +443,7 @@ def benchmark_plot(records: list[dict]) -> None:
         return [t for t in record["targets"] if t.get("shape") == shape and t.get("clock") == "wall_s"
                 and t.get("target", "").startswith("step") and "x floor" in t["target"] and t.get("value") is not None]
     shapes = sorted({t["shape"] for r in cpu for t in r["targets"]})
-    chosen = {shape: max(cpu, key=lambda r: (len(floor_targets(r, shape)),
-                                             r.get("shapes", {}).get(shape, {}).get("timing", {}).get("rounds", 0)))
+    chosen = {shape: max(cpu, key=lambda r: (len(floor_targets(r, shape)), _shape_rounds(r, shape) or 0))
               for shape in shapes}
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
@@ -455,7 +458,7 @@ def benchmark_plot(records: list[dict]) -> None:
         ax.axvline(rows[0]["limit"], color="red", ls="--", label=f"target {rows[0]['limit']}x")
         ax.invert_yaxis()
         ax.set_xlabel("training step time / floor (median of paired ratios, 95% interval)")
-        rounds = record.get("shapes", {}).get(shape, {}).get("timing", {}).get("rounds")
+        rounds = _shape_rounds(record, shape)
         ax.set_title(f"{shape}: {Path(record['_path']).name}, {rounds} rounds", fontsize=9)
         ax.legend()
     plt.tight_layout()
