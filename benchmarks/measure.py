@@ -80,18 +80,20 @@ def count_flops(run_once) -> tuple:
 
 
 def time_rounds(run_once: dict, rounds: int, min_rounds: int = 2, budget_s: float | None = None,
-                device="cpu", label: str = "") -> dict[str, list[dict]]:
-    """Round-robin timing: every callable once per round, the order rotated each round.
+                device="cpu", label: str = "", seed: int = 0) -> dict[str, list[dict]]:
+    """Interleaved timing: every callable once per round, in a new random order each round (seeded).
 
-    Returns name -> one {'wall_s', 'cpu_s'} per completed round. Stops early (after min_rounds) when the
-    rounds so far exceed budget_s.
+    A random order, not a rotation: a rotation keeps each method behind the same predecessor in every round,
+    so whatever one step leaves behind (freed pages to fault in again, a cold cache) always lands on the same
+    successor. Returns name -> one {'wall_s', 'cpu_s'} per completed round. Stops early (after min_rounds)
+    when the rounds so far exceed budget_s.
     """
     names = list(run_once)
     times: dict[str, list[dict]] = {n: [] for n in names}
+    order = random.Random(seed)
     start = time.perf_counter()
     for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in order.sample(names, len(names)):
             _sync(device)
             wall, cpu = time.perf_counter(), time.process_time()
             run_once[name]()

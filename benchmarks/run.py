@@ -5,8 +5,8 @@
     python -m benchmarks.run --shapes tiny-bert tiny-llama --quick --out /tmp/b.json   # seconds
 
 Per shape, in one process: every method is built on one random-initialised template model (frozen weights
-shared), warmed up, then timed one training step each per round, round-robin with the order rotated every
-round; a ratio is the median over rounds of the per-round paired ratio (method / floor, ours / PEFT's), so
+shared), warmed up, then timed one training step each per round, in a new random order every round (seeded);
+a ratio is the median over rounds of the per-round paired ratio (method / floor, ours / PEFT's), so
 slow drifts of a shared machine cancel. Then LoRA inference (bare / unmerged / merged) the same way, and peak
 memory, one fresh process per shape afterwards (benchmarks.memory). `--methods all`: every method on both shapes.
 """
@@ -365,6 +365,7 @@ def main(argv=None) -> dict:
                   git=git_commit(),
                   settings=dict(threads=args.threads, warmup=args.warmup, budget_s=args.budget_s,
                                 memory=args.memory, dtype="float32", dropout="config defaults, train mode",
+                                order="a new random order of the methods every round (seed 0)",
                                 optimizer="AdamW(lr=1e-5, weight_decay=0.01) over the trainable parameters",
                                 step="forward + loss + backward + optimizer.step + zero_grad(set_to_none)",
                                 floor="stock model, every weight frozen, inputs_embeds.requires_grad_()",

@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import gpu, run  # noqa: E402
-from benchmarks.measure import bootstrap_median_interval, count_flops, paired_ratio  # noqa: E402
+from benchmarks.measure import bootstrap_median_interval, count_flops, paired_ratio, time_rounds  # noqa: E402
 from benchmarks.memory import MMAP_THRESHOLD, measure, run_subprocess  # noqa: E402
 from benchmarks.methods import build_model, glue_methods, share_frozen  # noqa: E402
 from benchmarks.shapes import get_shape  # noqa: E402
@@ -101,6 +101,21 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
     a = [dict(wall_s=2.0), dict(wall_s=30.0), dict(wall_s=3.0)]
     b = [dict(wall_s=1.0), dict(wall_s=10.0), dict(wall_s=3.0)]
     assert paired_ratio(a, b)["median"] == 2.0  # rounds 3, 2 and 1: a slow round does not distort the ratio
+
+
+def test_rounds_vary_which_method_runs_after_which():
+    calls = []
+    run_once = {name: (lambda n=name: calls.append(n)) for name in "abcd"}
+    times = time_rounds(run_once, rounds=12, min_rounds=12)
+    assert all(len(t) == 12 for t in times.values())
+    rounds = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds)  # each method once per round
+    # a rotation would put every method behind the same predecessor in every round
+    predecessors = {r[r.index("b") - 1] for r in rounds if r.index("b") > 0}
+    assert len(predecessors) > 1
+    calls.clear()
+    time_rounds(run_once, rounds=12, min_rounds=12)
+    assert [calls[i:i + 4] for i in range(0, len(calls), 4)] == rounds  # seeded: the same orders again
 
 
 def test_bootstrap_interval_holds_the_median_and_shrinks_with_rounds():
