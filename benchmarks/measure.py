@@ -12,6 +12,8 @@ import time
 import traceback
 
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.methods import MethodSpec, Prepared, Unsupported, prepare, share_frozen
 
@@ -34,7 +36,7 @@ def prepare_all(specs: dict[str, MethodSpec], template, shape, device="cpu", aut
             item = prepare(spec, template, shape, device=device, autocast=autocast)
             for index in range(max(warmup, 1)):
                 if index == 0:  # the first step also counts the work: deterministic, unlike its time
-                    loss, item.flops = count_flops(item.step)
+                    loss, item.flops, item.elementwise_bytes = count_work(item.step)
                 else:
                     loss = item.step()
                 if not torch.isfinite(loss):
@@ -51,11 +53,13 @@ def prepare_all(specs: dict[str, MethodSpec], template, shape, device="cpu", aut
     return prepared, unsupported
 
 
-def count_flops(run_once) -> tuple:
-    """(result of run_once(), floating-point operations it ran: matmuls and attention, forward and backward).
+def count_work(run_once) -> tuple:
+    """(result of run_once(), FLOPs, elementwise bytes): the work of one call, exact and repeatable.
 
-    torch's FlopCounterMode, plus formulas for the CPU flash-attention kernels SDPA runs here (torch counts
-    only the GPU ones). Elementwise work is not counted: matmuls are nearly all of a step's time.
+    FLOPs: matmuls and attention, forward and backward (torch's FlopCounterMode, plus formulas for the CPU
+    flash-attention kernels SDPA runs here; torch counts only the GPU ones). Elementwise bytes: what every
+    other op reads and writes (norms, activations, adds, dropout, copies, the optimizer's updates), the
+    memory-bound rest of a step, which FLOPs do not see (ElementwiseTraffic).
     """
     from torch.utils import flop_counter
 
@@ -74,9 +78,40 @@ def count_flops(run_once) -> tuple:
     mapping = {aten._scaled_dot_product_flash_attention_for_cpu: forward,
                aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
     counter = flop_counter.FlopCounterMode(display=False, custom_mapping=mapping)
-    with counter:
+    traffic = ElementwiseTraffic()
+    with counter, traffic:
         result = run_once()
-    return result, counter.get_total_flops()
+    return result, counter.get_total_flops(), traffic.bytes
+
+
+class ElementwiseTraffic(TorchDispatchMode):
+    """Bytes read and written by the ops that are neither matmuls nor attention nor views.
+
+    Each op is charged the bytes of its tensor inputs and outputs (a broadcast input at most its storage), so
+    one pass over a tensor costs its size once per read or write. It is a count, not a cache model: on a CPU
+    with little memory bandwidth per core these passes are what a step spends beyond its matmuls.
+    """
+
+    COMPUTE = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "_scaled_dot_product_flash_attention_for_cpu",
+               "_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_flash_attention",
+               "_scaled_dot_product_flash_attention_backward", "_scaled_dot_product_efficient_attention",
+               "_scaled_dot_product_efficient_attention_backward"}
+    NO_DATA = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "lift_fresh",
+               "set_", "resize_", "_unsafe_view", "_reshape_alias", "alias"}  # allocate or relabel, move no data
+    WRITE_ONLY = {"copy_", "fill_", "zero_", "normal_", "uniform_", "bernoulli_", "random_", "exponential_"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if not func.is_view and name not in self.COMPUTE and name not in self.NO_DATA:
+            read = args[1:] if name in self.WRITE_ONLY else args  # the first argument is only written
+            tensors = [t for t in pytree.tree_leaves((read, kwargs, out)) if isinstance(t, torch.Tensor)]
+            self.bytes += sum(min(t.numel() * t.element_size(), t.untyped_storage().nbytes()) for t in tensors)
+        return out
 
 
 def time_rounds(run_once: dict, rounds: int, min_rounds: int = 2, budget_s: float | None = None,
@@ -205,6 +240,26 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def live_tensor_peak(run_once) -> int:
+    """The most bytes of tensors alive at once during run_once(), above what was alive before it.
+
+    Counted from the allocator's own events (torch.profiler with profile_memory): exact and the same in every
+    run, unlike the resident set, which also holds what glibc has not handed back. Run it after the optimizer
+    has made its state, so that the peak is the step's activations and gradients.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run_once()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak
 
 
 def unique_bytes(model) -> int:

@@ -5,6 +5,11 @@
 The low mmap threshold makes glibc return freed tensors to the kernel at once, so that the resident set
 follows the live tensors; `floor` is measured again at the end ('floor_again') to show that the order of
 methods does not leak into the numbers.
+
+    python -m benchmarks.memory --live --shapes smollm2 --methods floor lora peft_lora --out live.txt
+
+`--live` counts instead the most bytes of tensors alive at once in a training step (the allocator's events,
+after two warm-up steps): exact, so it settles differences of a few MB that the resident set cannot.
 """
 
 from __future__ import annotations
@@ -27,14 +32,45 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--live", action="store_true", help="live-tensor peak of one step, as a table")
     args = parser.parse_args(argv)
 
     from benchmarks.measure import environment_threads
     from petl.runs import write_text_atomic
 
     environment_threads(args.threads)
+    if args.live:
+        text = live_table(args.shapes, args.methods)
+        print(text)
+        write_text_atomic(args.out, text + "\n")
+        return
     result = measure(args.shapes, args.methods, args.steps)
     write_text_atomic(args.out, json.dumps(result, indent=2, sort_keys=True))
+
+
+def live_table(shape_names: list[str], method_names: list[str]) -> str:
+    """Per shape and method: the live-tensor peak of one training step (MiB), after two warm-up steps."""
+    import torch
+
+    from benchmarks.measure import live_tensor_peak
+    from benchmarks.methods import glue_methods, prepare
+    from benchmarks.shapes import get_shape
+
+    specs = glue_methods()
+    unknown = [m for m in method_names if m not in specs]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; valid methods are {', '.join(specs)}")
+    lines = [f"python -m benchmarks.memory --live --shapes {' '.join(shape_names)} --methods "
+             f"{' '.join(method_names)}  (torch {torch.__version__}; MiB of tensors alive at once in one step)"]
+    for name in shape_names:
+        shape = get_shape(name)
+        template = shape.build()
+        for method in method_names:
+            item = prepare(specs[method], template, shape)
+            item.step(), item.step()  # the optimizer's state exists before the counted step
+            lines.append(f"{name:<12}{method:<16}{live_tensor_peak(item.step) / 2**20:>10.2f}")
+            del item
+    return "\n".join(lines)
 
 
 def measure(shape_names: list[str], method_names: list[str], steps: int) -> dict:

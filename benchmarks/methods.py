@@ -179,6 +179,7 @@ class Prepared:
     family: str
     autocast: torch.dtype | None = None
     flops: int | None = None  # per training step, counted in the first warm-up step
+    elementwise_bytes: int | None = None  # read and written by non-matmul ops per step, counted with the FLOPs
 
     def step(self) -> float:
         """One training step: forward, backward, optimizer step over the trainable parameters. Returns the loss."""

@@ -103,13 +103,14 @@ def bench_shape(shape_name: str, args, specs: dict) -> dict:
     prepared, unsupported = prepare_all(specs, template, shape, warmup=args.warmup)
     out["parameters"] = {name: item.counts() for name, item in prepared.items()}
     flops = {name: item.flops for name, item in prepared.items()}
+    traffic = {name: item.elementwise_bytes for name, item in prepared.items()}
     out["unsupported"] = unsupported
     log(f"[{shape_name}] timing {len(prepared)} methods, up to {rounds} rounds")
     raw = time_rounds({n: p.step for n, p in prepared.items()}, rounds, min_rounds=min(3, rounds),
                       budget_s=budget, label=shape_name)
     del prepared
     out["timing"] = _timing_summary(raw, specs, shape)
-    out["work"] = _work_summary(flops, specs)
+    out["work"] = _work_summary(flops, traffic, specs)
 
     # --- inference: LoRA merged / unmerged / bare ---------------------------------------------------
     if "lora" in specs:
@@ -149,14 +150,17 @@ def _timing_summary(raw: dict, specs: dict, shape) -> dict:
     return summary
 
 
-def _work_summary(flops: dict, specs: dict) -> dict:
-    """Matmul and attention FLOPs of one training step per method, and their ratios: exact, not timed."""
-    def ratio(a, b):
-        return flops[a] / flops[b] if flops.get(a) and flops.get(b) else None
+def _work_summary(flops: dict, traffic: dict, specs: dict) -> dict:
+    """Matmul and attention FLOPs and elementwise bytes of one training step per method, and their ratios
+    (ours / reference, ours / peer): counted, not timed, so exact and the same in every run."""
+    def ratios(counts: dict, other: str) -> dict:
+        pairs = {n: getattr(s, other) for n, s in specs.items() if n in counts and n != FLOOR}
+        return {n: counts[n] / counts[o] for n, o in pairs.items() if counts.get(n) and counts.get(o)}
 
-    return dict(flops_per_step=flops,
-                ratio_to_reference={n: ratio(n, s.reference) for n, s in specs.items() if n in flops and n != FLOOR},
-                ratio_to_peer={n: ratio(n, s.peer) for n, s in specs.items() if n in flops and s.peer in flops})
+    return dict(flops_per_step=flops, ratio_to_reference=ratios(flops, "reference"),
+                ratio_to_peer=ratios(flops, "peer"),
+                elementwise_bytes_per_step=traffic, elementwise_ratio_to_reference=ratios(traffic, "reference"),
+                elementwise_ratio_to_peer=ratios(traffic, "peer"))
 
 
 def measure_memory(shapes: dict, memory_methods: dict, args) -> None:
@@ -258,8 +262,9 @@ def format_table(record: dict) -> str:
         mem = result.get("memory", {})
         lines.append(f"\n== {shape_name}: {result['shape']['batch']} x {result['shape']['length']} tokens, "
                      f"{t['rounds']} rounds (x: median of per-round paired ratios, wall clock; 95%: its bootstrap "
-                     f"interval; flops: matmul + attention work of one step, exact) ==")
-        lines.append(f"{'method':<14}{'step s':>8}{'tok/s':>7}{'x ref':>7}{'95%':>11}{'flops':>7}{' ref':<13}"
+                     f"interval; flops: matmul + attention work of one step, bytes: what the other ops read and "
+                     f"write; both counted, exact) ==")
+        lines.append(f"{'method':<14}{'step s':>8}{'tok/s':>7}{'x ref':>7}{'95%':>11}{'flops':>7}{'bytes':>7}{' ref':<13}"
                      f"{'x peer':>7}{'95%':>11}{'flops':>7}{'x full':>7}{'mem MB':>7}{'x floor':>8}{'trainable':>10}")
         for name, step in t["median_step_s"].items():
             ref = t["ratio_to_reference"].get(name)
@@ -270,7 +275,8 @@ def format_table(record: dict) -> str:
             lines.append(
                 f"{name:<14}{f(step, '{:.2f}'):>8}{f(t['tokens_per_s'].get(name), '{:.0f}'):>7}"
                 f"{f(ref and ref['wall_s']['median']):>7}{interval(ref):>11}"
-                f"{f(work.get('ratio_to_reference', {}).get(name)):>7}{' ' + (ref['reference'] if ref else ''):<13}"
+                f"{f(work.get('ratio_to_reference', {}).get(name)):>7}"
+                f"{f(work.get('elementwise_ratio_to_reference', {}).get(name)):>7}{' ' + (ref['reference'] if ref else ''):<13}"
                 f"{f(peer and peer['wall_s']['median']):>7}{interval(peer):>11}"
                 f"{f(work.get('ratio_to_peer', {}).get(name)):>7}"
                 f"{f(full and full['wall_s']['median']):>7}"

@@ -279,7 +279,7 @@ def benchmark_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
         rows = [{"shape": t.get("shape"), "method": t.get("method"), "target": t.get("target"),
                  "measured": "—" if t.get("value") is None else f"{t['value']:.3f}",
                  "95% interval": _interval(_usable_interval(record, t)), "verdict": benchmark_verdict(t, record),
-                 "FLOPs ×": _work_ratio(record, t)}
+                 "FLOPs ×": _work_ratio(record, t), "elementwise bytes ×": _work_ratio(record, t, "elementwise_")}
                 for t in record.get("targets", [])]
         if rows:
             rounds = ", ".join(f"{s}: {r.get('timing', {}).get('rounds', 0)} rounds"
@@ -328,12 +328,41 @@ def benchmark_verdict(target: dict, record: dict | None = None) -> str:
     return verdict + (", within noise" if target.get("decided") is False else "")
 
 
-def _work_ratio(record: dict, target: dict) -> str:
-    """The exact FLOP ratio behind a timed step target (ours / reference or ours / peer), where recorded."""
+def _work_ratio(record: dict, target: dict, counted: str = "") -> str:
+    """The counted work behind a timed step target (ours / reference or ours / peer), where recorded: FLOPs, or
+    with counted='elementwise_' the bytes the other ops read and write (records from 2026-11-29 on)."""
     work = record.get("shapes", {}).get(target.get("shape"), {}).get("work", {})
-    kind = "ratio_to_peer" if "peft_" in target.get("target", "") else "ratio_to_reference"
+    kind = counted + ("ratio_to_peer" if "peft_" in target.get("target", "") else "ratio_to_reference")
     value = work.get(kind, {}).get(target.get("method")) if target.get("target", "").startswith(("step", "A/A")) else None
     return "—" if value is None else f"{value:.3f}"
+
+
+def benchmark_counted(records: list[dict]) -> pd.DataFrame:
+    """Each method's step time against its floor beside the work it counts (FLOPs and elementwise bytes, as
+    multiples of the floor's), per shape, from the record with the most rounds of it that counts both; with
+    that run's A/A control, the resolution the time ratio has to be read against."""
+    best: dict = {}
+    for record in records:
+        for target in record.get("targets", []):
+            if not target.get("target", "").startswith("step") or "peft_" in target["target"] \
+                    or target.get("value") is None or _usable_interval(record, target) is None \
+                    or _work_ratio(record, target, "elementwise_") == "—":
+                continue
+            rounds = _shape_rounds(record, target["shape"])
+            key = (target["shape"], target["method"])
+            if key not in best or rounds > best[key][0]:
+                best[key] = (rounds, record, target)
+    rows = []
+    for (shape, method), (rounds, record, target) in sorted(best.items()):
+        control = next((t for t in record["targets"] if t["shape"] == shape and t["method"] == "floor_again"), {})
+        rows.append({"shape": shape, "method": method, "rounds": rounds, "time ×": f"{target['value']:.3f}",
+                     "95% interval": _interval(_usable_interval(record, target)),
+                     "A/A of the run": "—" if control.get("value") is None else f"{control['value']:.3f}",
+                     "FLOPs ×": _work_ratio(record, target),
+                     "elementwise bytes ×": _work_ratio(record, target, "elementwise_"),
+                     "verdict": benchmark_verdict(target, record), "record": Path(record["_path"]).name})
+    return pd.DataFrame(rows, columns=["shape", "method", "rounds", "time ×", "95% interval", "A/A of the run",
+                                       "FLOPs ×", "elementwise bytes ×", "verdict", "record"])
 
 
 def grid_cost_on_cpu(runs: pd.DataFrame, grid_dir: str | os.PathLike | None = None,

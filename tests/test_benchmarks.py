@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import gpu, run  # noqa: E402
-from benchmarks.measure import bootstrap_median_interval, count_flops, paired_ratio, time_rounds  # noqa: E402
+from benchmarks.measure import bootstrap_median_interval, count_work, paired_ratio, time_rounds  # noqa: E402
 from benchmarks.memory import MMAP_THRESHOLD, measure, run_subprocess  # noqa: E402
 from benchmarks.methods import build_model, glue_methods, share_frozen  # noqa: E402
 from benchmarks.shapes import get_shape  # noqa: E402
@@ -64,6 +64,9 @@ def test_record_structure_and_ratios(record):
         work = result["work"]
         assert work["ratio_to_peer"]["lora"] == 1.0
         assert work["ratio_to_reference"]["mam"] > 1.0 and work["ratio_to_reference"]["floor_again"] == 1.0
+        # Elementwise bytes: the same for the two floors; MAM's prefix and adapter add passes of their own
+        assert work["elementwise_ratio_to_reference"]["floor_again"] == 1.0
+        assert work["elementwise_ratio_to_reference"]["mam"] > 1.0 and work["elementwise_ratio_to_peer"]["lora"] > 0
         inference = result["inference"]
         assert all(_finite_positive(r["wall_s"]["median"]) for r in inference["ratio_to_bare"].values())
         assert inference["max_abs_logit_difference_merged_vs_unmerged"] < 1e-4  # merging keeps the function
@@ -95,6 +98,17 @@ def test_memory_in_a_fresh_process(tmp_path):
         assert m["peak_rss_bytes"] >= m["baseline_rss_bytes"] > 0 and m["weights_bytes"] > 0
     with pytest.raises(ValueError, match="valid methods are"):
         measure(["tiny-bert"], ["nonsense"], steps=1)
+
+
+def test_live_tensor_peak_is_exact_and_separates_methods(tmp_path):
+    from benchmarks.memory import main as memory_main
+    out = tmp_path / "live.txt"
+    memory_main(["--live", "--shapes", "tiny-llama", "--methods", "floor", "lora", "peft_lora", "prefix_nomlp",
+                 "peft_prefix", "--threads", "1", "--out", str(out)])
+    peak = {line.split()[1]: float(line.split()[2]) for line in out.read_text().splitlines()[1:]}
+    assert peak["floor"] < peak["lora"] <= peak["peft_lora"] and peak["floor"] <= peak["prefix_nomlp"]
+    # PEFT's prefix goes through transformers' repeat of the grouped key/value heads; ours does not
+    assert peak["prefix_nomlp"] < peak["peft_prefix"]
 
 
 def test_paired_ratio_is_the_median_of_per_round_ratios():
@@ -137,9 +151,26 @@ def test_flop_count_includes_attention_forward_and_backward():
     def attend():
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True).sum().backward()
 
-    _, flops = count_flops(attend)
+    _, flops, _ = count_work(attend)
     forward = 2 * batch * heads * length * (length + 3) * (2 * dim)  # Q Kᵀ and P V
     assert flops == forward + forward * 5 // 2
+
+
+def test_elementwise_bytes_count_each_pass_but_not_matmuls_or_views():
+    x, w = torch.randn(64, 32), torch.randn(32, 32)
+    nbytes = x.numel() * 4
+
+    _, flops, traffic = count_work(lambda: x @ w)
+    assert flops == 2 * 64 * 32 * 32 and traffic == 0
+    _, flops, traffic = count_work(lambda: (x + x).t())
+    assert flops == 0 and traffic == 3 * nbytes  # read twice, written once; the transpose moves nothing
+    _, _, traffic = count_work(lambda: x.t().reshape(-1))
+    assert traffic == 2 * nbytes  # a transposed tensor flattened is copied: read once, written once
+    _, _, traffic = count_work(lambda: torch.empty_like(x).copy_(x).add_(x))
+    assert traffic == 2 * nbytes + 3 * nbytes  # copy_: read x, write; add_: read both, write
+    bias = torch.randn(32)
+    _, _, traffic = count_work(lambda: x + bias)  # a broadcast input costs its own size, not the output's
+    assert traffic == 2 * nbytes + bias.numel() * 4
 
 
 def test_methods_share_the_frozen_backbone():
@@ -187,6 +218,11 @@ def test_book_tables_read_the_record(record):
     frame = next(iter(report.benchmark_tables([rec]).values()))
     assert {"95% interval", "verdict", "FLOPs ×"} <= set(frame.columns)
     assert "control" in set(frame["verdict"]) and "met" in " ".join(frame["verdict"])
+    assert frame["elementwise bytes ×"].ne("—").any()
+    counted = report.benchmark_counted([rec])
+    assert {"lora", "mam"} <= set(counted["method"]) and "floor_again" not in set(counted["method"])
+    row = counted[(counted["method"] == "mam") & (counted["shape"] == "tiny-bert")].iloc[0]
+    assert float(row["elementwise bytes ×"]) > 1.0 and row["A/A of the run"] != "—"
 
 
 def test_profile_ops_compares_methods_op_by_op(tmp_path):
