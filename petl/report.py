@@ -337,23 +337,32 @@ def _work_ratio(record: dict, target: dict, counted: str = "") -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def benchmark_counted(records: list[dict]) -> pd.DataFrame:
-    """Each method's step time against its floor beside the work it counts (FLOPs and elementwise bytes, as
-    multiples of the floor's), per shape, from the record with the most rounds of it that counts both; with
-    that run's A/A control, the resolution the time ratio has to be read against."""
+def _most_rounds(records: list[dict], wanted) -> dict:
+    """(shape, method) -> (rounds, record, target): per timed target that wanted(record, target) accepts and that
+    has an interval, the one from the record with the most rounds of its shape (the first such on a tie)."""
     best: dict = {}
     for record in records:
         for target in record.get("targets", []):
-            if not target.get("target", "").startswith("step") or "peft_" in target["target"] \
-                    or target.get("value") is None or _usable_interval(record, target) is None \
-                    or _work_ratio(record, target, "elementwise_") == "—":
+            if target.get("value") is None or _usable_interval(record, target) is None \
+                    or not wanted(record, target):
                 continue
             rounds = _shape_rounds(record, target["shape"])
             key = (target["shape"], target["method"])
             if key not in best or rounds > best[key][0]:
                 best[key] = (rounds, record, target)
+    return best
+
+
+def benchmark_counted(records: list[dict]) -> pd.DataFrame:
+    """Each method's step time against its floor beside the work it counts (FLOPs and elementwise bytes, as
+    multiples of the floor's), per shape, from the record with the most rounds of it that counts both; with
+    that run's A/A control, the resolution the time ratio has to be read against."""
+    def counted(record, target):
+        return (target["target"].startswith("step") and "peft_" not in target["target"]
+                and _work_ratio(record, target, "elementwise_") != "—")
+
     rows = []
-    for (shape, method), (rounds, record, target) in sorted(best.items()):
+    for (shape, method), (rounds, record, target) in sorted(_most_rounds(records, counted).items()):
         control = next((t for t in record["targets"] if t["shape"] == shape and t["method"] == "floor_again"), {})
         rows.append({"shape": shape, "method": method, "rounds": rounds, "time ×": f"{target['value']:.3f}",
                      "95% interval": _interval(_usable_interval(record, target)),
@@ -428,20 +437,11 @@ def benchmark_parity(records: list[dict]) -> pd.DataFrame:
     """Ours against PEFT on the same method, and the A/A control, per shape: from the newest record (with
     intervals) that has the most rounds of the comparison. Each row is timed (median of per-round ratios and
     its 95% interval) and counted (FLOPs of one step, exact)."""
-    best: dict = {}
-    for record in records:
-        for target in record.get("targets", []):
-            is_peer = "peft_" in target.get("target", "")
-            if not (is_peer or target.get("method") == "floor_again") or target.get("value") is None \
-                    or _usable_interval(record, target) is None:
-                continue
-            timing = record["shapes"][target["shape"]]["timing"]
-            rounds = timing["rounds"]
-            key = (target["shape"], target["method"])
-            if key not in best or rounds > best[key][0]:
-                best[key] = (rounds, record, target)
+    def peer_or_control(record, target):
+        return "peft_" in target["target"] or target.get("method") == "floor_again"
+
     rows = []
-    for (shape, method), (rounds, record, target) in sorted(best.items()):
+    for (shape, method), (rounds, record, target) in sorted(_most_rounds(records, peer_or_control).items()):
         versus = target["target"].split("x ")[-1] if target.get("limit") is not None else "floor"
         rows.append({"shape": shape, "ours": method, "against": versus, "rounds": rounds,
                      "time ×": f"{target['value']:.3f}", "95% interval": _interval(_usable_interval(record, target)),
