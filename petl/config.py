@@ -24,6 +24,7 @@ FFN_MODES = ("none", "adapter", "lora")
 FFN_OPTIONS = ("none", "parallel", "sequential", "pfeiffer")
 LAYERNORM_OPTIONS = ("none", "in", "out")
 INIT_OPTIONS = ("bert", "lora")
+MH_ADAPTER_QUERIES = (None, "layernorm", "attention")
 
 PREFIX_OPTIONS = ("concat", "cross_attn", "cross_attn_noln", "cross_attn_relu")
 ADAPTER_OPTIONS = ("parallel", "sequential")
@@ -64,6 +65,15 @@ class PETLConfig:
     ffn_adapter_layernorm_option: str = "in"
     ffn_adapter_init_option: str = "bert"
     ffn_adapter_scalar: float | str = 1.0
+    # The reference's adapters at attention always use a LayerNorm on their input, BERT init and s = 1, whatever the
+    # ffn_adapter_* options say; these options default to exactly that.
+    attn_adapter_layernorm_option: str = "in"
+    attn_adapter_init_option: str = "bert"
+    attn_adapter_scalar: float | str = 1.0
+    # Where the multi-head parallel adapter (attn_option='cross_attn_relu') takes its query: 'layernorm' is
+    # W_q · LayerNorm(h) unscaled (the reference's BART and RoBERTa), 'attention' the attention's own scaled query
+    # (the reference's mBART). None picks the reference's choice for the model's architecture.
+    mh_adapter_query: str | None = None
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
     lora_init: str = "lora"
@@ -78,6 +88,9 @@ class PETLConfig:
         _choice("ffn_option", self.ffn_option, FFN_OPTIONS)
         _choice("ffn_adapter_layernorm_option", self.ffn_adapter_layernorm_option, LAYERNORM_OPTIONS)
         _choice("ffn_adapter_init_option", self.ffn_adapter_init_option, INIT_OPTIONS)
+        _choice("attn_adapter_layernorm_option", self.attn_adapter_layernorm_option, LAYERNORM_OPTIONS)
+        _choice("attn_adapter_init_option", self.attn_adapter_init_option, INIT_OPTIONS)
+        _choice("mh_adapter_query", self.mh_adapter_query, MH_ADAPTER_QUERIES)
         _choice("lora_init", self.lora_init, INIT_OPTIONS)
         for name in ("attn_bn", "ffn_bn", "mid_dim"):
             _positive_int(name, getattr(self, name))
@@ -85,7 +98,8 @@ class PETLConfig:
             _probability(name, getattr(self, name))
         if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
             raise ValueError(f"PETLConfig.lora_alpha={self.lora_alpha!r} is not valid; it must be a positive number")
-        self.ffn_adapter_scalar = _scalar(self.ffn_adapter_scalar)
+        self.ffn_adapter_scalar = _scalar(self.ffn_adapter_scalar, "ffn_adapter_scalar")
+        self.attn_adapter_scalar = _scalar(self.attn_adapter_scalar, "attn_adapter_scalar")
         if not isinstance(self.full_finetune, bool):
             raise ValueError(f"PETLConfig.full_finetune={self.full_finetune!r} is not valid; it must be true or false")
         self._check_combination()
@@ -143,17 +157,19 @@ class PETLConfig:
         return cls.from_dict(json.loads(text))
 
 
-def _scalar(value):
-    """ffn_adapter_scalar: a positive number, or 'learnable_scalar' (the paper's trainable s, Table 5)."""
+def _scalar(value, name: str):
+    """An adapter's s: a positive number, or 'learnable_scalar' (the paper's trainable s, Table 5)."""
     if value == "learnable_scalar":
         return value
+    original = value
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             value = None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError("PETLConfig.ffn_adapter_scalar must be a positive number or 'learnable_scalar'")
+        raise ValueError(f"PETLConfig.{name}={original!r} is not valid; it must be a positive number or "
+                         "'learnable_scalar'")
     return float(value)
 
 
@@ -179,16 +195,44 @@ PRESETS: dict[str, dict] = {
     "pa_ffn": dict(ffn_mode="adapter", ffn_option="parallel", ffn_bn=200),
     "scaled_pa": dict(ffn_mode="adapter", ffn_option="parallel", ffn_bn=512, ffn_adapter_scalar=4.0,
                       **_LORA_INIT_ADAPTER),
+    # Houlsby as the reference's exps/run_xsum.sh sets it: no LayerNorm in the FFN adapters (the attention adapters
+    # keep theirs, as the reference always does); the GLUE size r = 16.
     "houlsby": dict(attn_mode="adapter", attn_option="sequential", attn_bn=16,
-                    ffn_mode="adapter", ffn_option="sequential", ffn_bn=16),
+                    ffn_mode="adapter", ffn_option="sequential", ffn_bn=16, ffn_adapter_layernorm_option="none"),
     "pfeiffer": dict(ffn_mode="adapter", ffn_option="pfeiffer", ffn_bn=600),
     "mam": dict(_PREFIX, attn_bn=30, ffn_mode="adapter", ffn_option="parallel", ffn_bn=512,
                 ffn_adapter_scalar=4.0, **_LORA_INIT_ADAPTER),
+    # The MAM adapter of the reference's released GLUE script (exps/run_glue.sh): l = 16, r = 16, s = 2.
+    "mam_glue": dict(_PREFIX, attn_bn=16, ffn_mode="adapter", ffn_option="parallel", ffn_bn=16,
+                     ffn_adapter_scalar=2.0, **_LORA_INIT_ADAPTER),
     # The two other 6.7% combinations of the paper's Table 6.
     "prefix_lora_ffn": dict(_PREFIX, attn_bn=30, ffn_mode="lora", ffn_bn=102, lora_alpha=408.0),
     "pa_attn_pa_ffn": dict(attn_mode="adapter", attn_option="parallel", attn_bn=30,
                            ffn_mode="adapter", ffn_option="parallel", ffn_bn=512),
 }
+
+
+#: The version of each method's computation. It grows when a method's forward or backward changes (tests/
+#: test_reference_equivalence.py proves the current one against the reference): records of an older version are
+#: superseded (petl.runs.load_runs skips them), and new ones get other run ids.
+#: 2 (2026-12): adapters (dropout placement, the parallel adapter's input in pre-norm layers, Pfeiffer, the
+#: attention adapters' own options), the separate-prefix forms (LayerNorm query, dropout of the prefix
+#: attention) and prompt tuning (no position for the prompt) follow the reference number for number.
+COMPUTATION_VERSION = 2
+
+
+def computation_version(config: "PETLConfig") -> int:
+    """The version of the computation `config` runs: 1 for what has not changed since the first records (full
+    fine-tuning, BitFit, LoRA, prefix tuning by concatenation), else COMPUTATION_VERSION."""
+    unchanged = (config.full_finetune or config.attn_mode in ("none", "bitfit", "lora")
+                 or config.attn_mode in ("prefix", "prefix_nomlp") and config.attn_option == "concat")
+    return 1 if unchanged and config.ffn_mode in ("none", "lora") else COMPUTATION_VERSION
+
+
+#: Fields added after the first records: they enter a run's hash only when set away from these defaults, so that
+#: the records of methods whose computation did not change keep their run ids.
+LATER_FIELDS = dict(attn_adapter_layernorm_option="in", attn_adapter_init_option="bert", attn_adapter_scalar=1.0,
+                    mh_adapter_query=None)
 
 
 def resolve(variant_or_config: "str | PETLConfig | dict", **overrides) -> PETLConfig:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -28,6 +31,26 @@ class PETLModules(nn.Module):
     def detach(self) -> None:
         for delta in self.deltas.values():
             delta.detach()
+
+    def __deepcopy__(self, memo):
+        """copy.deepcopy(model): the copied stock modules carry copies of this method's hooks, which would still
+        call the original deltas. Take those off and attach the copied deltas to the copied modules instead."""
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        for key, value in self.__dict__.items():
+            copied.__dict__[key] = copy.deepcopy(value, memo)
+        ours = {handle.id for delta in self.deltas.values() for handle in delta._handles}
+        # (ancestors of this module are still being copied and have no hook dicts yet; none holds our hooks)
+        for module in [m for m in memo.values() if isinstance(m, nn.Module) and "_forward_hooks" in m.__dict__]:
+            for hooks in (module._forward_hooks, module._forward_pre_hooks, module._forward_hooks_with_kwargs,
+                          module._forward_pre_hooks_with_kwargs, module._forward_hooks_always_called):
+                for hook_id in ours & set(hooks):
+                    del hooks[hook_id]
+        for name, delta in copied.deltas.items():
+            delta._handles = []
+            if self.deltas[name]._handles:
+                delta.attach()
+        return copied
 
 
 def config_of(model: nn.Module) -> PETLConfig | None:
@@ -62,19 +85,24 @@ def apply(model: nn.Module, variant_or_config: "str | PETLConfig | dict" = "mam"
     head train. Returns the model.
     """
     config = resolve(variant_or_config, **overrides)
+    if config.mh_adapter_query is None and config.attn_option == "cross_attn_relu":
+        # The reference's own two choices: mBART takes the attention's query, BART and RoBERTa W_q · LN(h).
+        arch = getattr(getattr(model, "config", None), "model_type", None)
+        config = dataclasses.replace(config, mh_adapter_query="attention" if arch == "mbart" else "layernorm")
     if config_of(model) is not None:
         raise ValueError("this model already has a petl method; apply one method to a fresh model")
     if not hasattr(model, "config"):
         raise TypeError(f"petl.apply needs a transformers PreTrainedModel, got {type(model).__name__}")
     sites = find_sites(model)
     deltas: dict[str, Delta] = {}
-    deltas.update(prefix.build(sites, config))
+    deltas.update(prefix.build(model, sites, config))
     deltas.update(prompt.build(model, config))
     deltas.update(lora.build(sites, config))
     deltas.update(adapter.build(sites, config))
     deltas.update(bitfit.build(model, sites, config))
     modules = PETLModules(config, deltas)
     model.add_module(ATTRIBUTE, modules)
+    modules.train(model.training)  # the model's train() / eval() governs the method's modules from here on
     modules.attach()
     if config.prefix_attention:
         prefix.register_attention()

@@ -626,3 +626,29 @@ def generation_vs_lead(runs: pd.DataFrame, metric: str = "rouge2") -> str:
     lowest = gen[f"test.{metric}"].min()
     return (f"{above} of {len(gen)} runs are above the lead-1 baseline's {METRIC_LABELS[metric]} of {base:.2f} "
             f"on the same {n} articles (the lowest run scores {lowest:.2f})")
+
+
+def reference_agreement(path: str | os.PathLike | None = None) -> tuple[dict | None, pd.DataFrame]:
+    """The record of scripts/reference/agreement.py and one row per combination: the preset that runs it, the
+    reference's options, and the largest difference from the reference in float64 over both architectures,
+    per mode (eval; train with dropout)."""
+    path = Path(path) if path is not None else runs_dir() / "reference" / "agreement.json"
+    if not path.is_file():
+        return None, pd.DataFrame()
+    record = json.loads(path.read_text())
+    rows = {}
+    for r in record["rows"]:
+        row = rows.setdefault(r["combo"], {
+            "combination": r["combo"], "petl preset": r["preset"] or "(options only)", "what": r["what"],
+            "reference options": ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "(none)",
+            "architectures": set(), "eval: max |Δ| logits": 0.0, "eval: max |Δ| gradients": 0.0,
+            "train: max |Δ| logits": 0.0, "train: max |Δ| gradients": 0.0, "agrees": True,
+            "documented difference": r["documented_difference"] or ""})
+        row["architectures"].add(r["arch"])
+        row[f"{r['mode']}: max |Δ| logits"] = max(row[f"{r['mode']}: max |Δ| logits"], r["max_abs"]["logits"])
+        row[f"{r['mode']}: max |Δ| gradients"] = max(row[f"{r['mode']}: max |Δ| gradients"],
+                                                     r["max_abs"]["gradients"])
+        row["agrees"] = row["agrees"] and r["agrees"]
+    table = pd.DataFrame(list(rows.values()))
+    table["architectures"] = table["architectures"].map(lambda a: ", ".join(sorted(a)))
+    return record, table

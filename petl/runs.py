@@ -51,7 +51,7 @@ STATUSES = ("complete", "failed")
 RESERVED_FOLDERS = ("baselines", "benchmarks", "cpu-timing")  # not run records of the book's grids
 
 # Keys of the training configuration that do not change what a run computes; they stay out of its hash.
-_NOT_HASHED = ("runs_dir", "force", "progress", "weights_dir")
+_NOT_HASHED = ("runs_dir", "force", "progress", "weights_dir", "gradient_checkpointing")
 
 
 class RecordError(ValueError):
@@ -67,10 +67,19 @@ class RunLocked(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 
 def config_hash(resolved: dict) -> str:
-    """Short stable hash (8 hex digits) of a resolved configuration dict (train + petl fields)."""
+    """Short stable hash (8 hex digits) of what a run computes: the resolved train and petl fields, and the
+    version of the method's computation once it is past 1 (petl.config.COMPUTATION_VERSION). Settings that do not
+    change a result (where records go, progress bars, exact gradient checkpointing) and petl fields added later
+    and left at their defaults (petl.config.LATER_FIELDS) stay out, so unchanged methods keep their run ids."""
+    from petl.config import LATER_FIELDS
+
     def strip(d):
         return {k: v for k, v in d.items() if k not in _NOT_HASHED}
-    payload = {"train": strip(resolved.get("train", {})), "petl": resolved.get("petl", {})}
+    method = {k: v for k, v in resolved.get("petl", {}).items()
+              if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+    payload = {"train": strip(resolved.get("train", {})), "petl": method}
+    if resolved.get("computation", 1) > 1:
+        payload["computation"] = resolved["computation"]
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
@@ -431,8 +440,22 @@ def iter_records(runs_dir: str | os.PathLike) -> Iterator[Path]:
             yield p
 
 
-def load_runs(runs_dir: str | os.PathLike = "runs", include_failed: bool = False):
+def superseded(config: dict) -> bool:
+    """True when a record was computed by an older version of its method than petl's current one."""
+    from petl.config import PETLConfig, computation_version
+    try:
+        current = computation_version(PETLConfig.from_dict(config["petl"]))
+    except (ValueError, TypeError):
+        return True  # a method petl no longer accepts
+    return config.get("computation", 1) < current
+
+
+def load_runs(runs_dir: str | os.PathLike = "runs", include_failed: bool = False,
+              include_superseded: bool = False):
     """Every complete run under runs_dir as one pandas DataFrame (one row per run).
+
+    Records whose method computed something other than petl's current code (`superseded`) are left out, so no
+    table mixes records of old and new method code; include_superseded keeps them.
 
     Columns: ``run_id``, ``path``, ``status``, the training config flattened (``task``, ``model``,
     ``variant``, ``seed``, ``lr``, ...), the PETL config as ``petl.<field>``, ``device.*``, ``git.*``,
@@ -450,7 +473,9 @@ def load_runs(runs_dir: str | os.PathLike = "runs", include_failed: bool = False
             continue
         if metrics["status"] != "complete" and not include_failed:
             continue
-        row = {"run_id": config["run_id"], "path": str(rec)}
+        if not include_superseded and superseded(config):
+            continue
+        row = {"run_id": config["run_id"], "path": str(rec), "computation": config.get("computation", 1)}
         row.update(_flatten(config["train"]))
         row.update(_flatten(config["petl"], "petl."))
         row.update(_flatten(config.get("device", {}), "device."))

@@ -14,39 +14,65 @@ from torch import nn
 #: How to find the sublayers of one transformer layer, per architecture family.
 #: attention: (kind, module path, q, k, v, o); q/k/v/o are paths inside the attention module, or a
 #: (fused path, index) pair when q, k and v share one projection (GPT-2's c_attn).
-#: ffn: (sublayer input module, sublayer output module, [linear paths]) relative to the layer.
+#: ffn: an _FFN of paths relative to the layer (see FFNSite for what each one is).
+
+
+def _ffn(residual, last, linears, sum_at, output=None):
+    return dict(residual=residual, last=last, linears=linears, sum_at=sum_at, output=output)
+
+
 _BERT = dict(
     encoder=("encoder.layer", [("encoder", "attention.self", "query", "key", "value", "attention.output.dense")],
-             ("intermediate", "output.dense", ["intermediate.dense", "output.dense"])),
+             _ffn("intermediate", "output.dense", ["intermediate.dense", "output.dense"],
+                  ("input", "output.LayerNorm"), output="output.dropout")),
 )
-_BART_LIKE = dict(
-    encoder=("encoder.layers", [("encoder", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj")],
-             ("fc1", "fc2", ["fc1", "fc2"])),
-    decoder=("decoder.layers", [("decoder", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj"),
-                                ("cross", "encoder_attn", "q_proj", "k_proj", "v_proj", "out_proj")],
-             ("fc1", "fc2", ["fc1", "fc2"])),
-)
+_BART_FFN = _ffn("fc1", "fc2", ["fc1", "fc2"], ("input", "final_layer_norm"))  # post-norm, functional dropout
+_MBART_FFN = _ffn("final_layer_norm", "fc2", ["fc1", "fc2"], ("output", ""))  # pre-norm, functional dropout
+
+
+def _seq2seq(ffn):
+    return dict(
+        encoder=("encoder.layers", [("encoder", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj")], ffn),
+        decoder=("decoder.layers", [("decoder", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj"),
+                                    ("cross", "encoder_attn", "q_proj", "k_proj", "v_proj", "out_proj")], ffn),
+    )
+
+
 _LLAMA_LIKE = dict(
     decoder=("layers", [("decoder", "self_attn", "q_proj", "k_proj", "v_proj", "o_proj")],
-             ("mlp", "mlp", ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"])),
+             _ffn("post_attention_layernorm", "mlp.down_proj", ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+                  ("output", ""), output="mlp")),
 )
 _GPT2 = dict(
     decoder=("h", [("decoder", "attn", ("c_attn", 0), ("c_attn", 1), ("c_attn", 2), "c_proj")],
-             ("mlp", "mlp", ["mlp.c_fc", "mlp.c_proj"])),
+             _ffn("ln_2", "mlp.c_proj", ["mlp.c_fc", "mlp.c_proj"], ("output", ""), output="mlp")),
 )
+
+
+def _t5_ffn(index):
+    return _ffn(f"layer.{index}.layer_norm", f"layer.{index}.DenseReluDense.wo",
+                [f"layer.{index}.DenseReluDense.wi", f"layer.{index}.DenseReluDense.wo"],
+                ("output", f"layer.{index}"), output=f"layer.{index}.dropout")
+
+
 _T5 = dict(
-    encoder=("encoder.block", [("encoder", "layer.0.SelfAttention", "q", "k", "v", "o")],
-             ("layer.1.DenseReluDense", "layer.1.DenseReluDense", ["layer.1.DenseReluDense.wi",
-                                                                    "layer.1.DenseReluDense.wo"])),
+    encoder=("encoder.block", [("encoder", "layer.0.SelfAttention", "q", "k", "v", "o")], _t5_ffn(1)),
     decoder=("decoder.block", [("decoder", "layer.0.SelfAttention", "q", "k", "v", "o"),
-                               ("cross", "layer.1.EncDecAttention", "q", "k", "v", "o")],
-             ("layer.2.DenseReluDense", "layer.2.DenseReluDense", ["layer.2.DenseReluDense.wi",
-                                                                    "layer.2.DenseReluDense.wo"])),
+                               ("cross", "layer.1.EncDecAttention", "q", "k", "v", "o")], _t5_ffn(2)),
 )
+
+#: (hidden dropout, attention-probability dropout) config fields per family; a missing field means 0.
+_DROPOUT = {"bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"), "t5": ("dropout_rate", "dropout_rate"),
+            "gpt2": ("resid_pdrop", "attn_pdrop"), "llama": (None, "attention_dropout"),
+            "bart": ("dropout", "attention_dropout")}
+#: Where an architecture's absolute position embedding sits (prompt tuning gives the prompt no position).
+POSITIONS = {"bert": "embeddings.position_embeddings", "roberta": "embeddings.position_embeddings",
+             "bart": "encoder.embed_positions", "mbart": "encoder.embed_positions",
+             "marian": "encoder.embed_positions", "gpt2": "wpe"}
 
 ARCHITECTURES: dict[str, dict] = {
     "bert": _BERT, "roberta": _BERT,
-    "bart": _BART_LIKE, "mbart": _BART_LIKE, "marian": _BART_LIKE,
+    "bart": _seq2seq(_BART_FFN), "mbart": _seq2seq(_MBART_FFN), "marian": _seq2seq(_BART_FFN),
     "llama": _LLAMA_LIKE, "mistral": _LLAMA_LIKE, "qwen2": _LLAMA_LIKE,
     "gpt2": _GPT2,
     "t5": _T5,
@@ -78,20 +104,33 @@ class AttentionSite:
     num_kv_heads: int
     head_dim: int
     hidden: int
+    dropout: float  # the model's attention-probability dropout (the reference's adapters at attention use it)
 
 
 @dataclass
 class FFNSite:
-    """One FFN sublayer: the input to `sublayer_in` is x, the output of `sublayer_out` is FFN(x)."""
+    """One FFN sublayer and the points around it where a Δh can be read or added.
+
+    residual: the module whose input is the residual stream x entering the FFN block (the FFN's input in post-norm
+        layers, the pre-FFN LayerNorm's input in pre-norm ones): the parallel adapter reads x here.
+    last: the FFN's last linear (its output is FFN(x) before the block's dropout).
+    output: the module whose output is FFN(x) after the block's dropout, or None where that dropout is functional
+        (BART, mBART, Marian); the sequential adapter reads and changes that output, as the reference does.
+    sum_at: ('input', module) if the residual sum y = x + dropout(FFN(x)) is that module's input (a post-norm
+        LayerNorm), ('output', module) if it is that module's output (a pre-norm layer).
+    """
 
     name: str
     kind: str  # 'encoder' | 'decoder'
     layer: int
-    sublayer_in: nn.Module
-    sublayer_out: nn.Module
+    layer_module: nn.Module
+    residual: nn.Module
+    last: nn.Module
+    output: nn.Module | None
+    sum_at: tuple[str, nn.Module]
     linears: list[nn.Module]
     hidden: int
-
+    dropout: float  # the model's hidden dropout, applied to FFN(x) and inside the reference's FFN adapters
 
 @dataclass
 class Sites:
@@ -122,7 +161,8 @@ def find_sites(model: nn.Module) -> Sites:
     base = model.base_model
     sites = Sites(architecture=arch)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or config.n_embd
-    for stack, (layers_path, attentions, (ffn_in, ffn_out, ffn_linears)) in ARCHITECTURES[arch].items():
+    hidden_dropout, attention_dropout = _dropout(config)
+    for stack, (layers_path, attentions, ffn) in ARCHITECTURES[arch].items():
         layers = _get(base, layers_path)
         for index, layer in enumerate(layers):
             prefix = f"{layers_path}.{index}"
@@ -133,11 +173,21 @@ def find_sites(model: nn.Module) -> Sites:
                     name=f"{prefix}.{attn_path}", kind=kind, layer=index, module=attn,
                     q=_projection(attn, q), k=_projection(attn, k), v=_projection(attn, v),
                     o=_projection(layer if "." in o else attn, o), num_heads=heads, num_kv_heads=kv_heads,
-                    head_dim=head_dim, hidden=hidden))
+                    head_dim=head_dim, hidden=hidden, dropout=attention_dropout))
+            where, path = ffn["sum_at"]
             sites.ffn.append(FFNSite(
-                name=f"{prefix}.ffn", kind=stack, layer=index, sublayer_in=_get(layer, ffn_in),
-                sublayer_out=_get(layer, ffn_out), linears=[_get(layer, p) for p in ffn_linears], hidden=hidden))
+                name=f"{prefix}.ffn", kind=stack, layer=index, layer_module=layer,
+                residual=_get(layer, ffn["residual"]), last=_get(layer, ffn["last"]),
+                output=_get(layer, ffn["output"]) if ffn["output"] else None,
+                sum_at=(where, _get(layer, path) if path else layer),
+                linears=[_get(layer, p) for p in ffn["linears"]], hidden=hidden, dropout=hidden_dropout))
     return sites
+
+
+def _dropout(config) -> tuple[float, float]:
+    family = {"roberta": "bert", "mbart": "bart", "marian": "bart", "mistral": "llama", "qwen2": "llama"}.get(
+        config.model_type, config.model_type)
+    return tuple(float(getattr(config, name, 0.0) or 0.0) if name else 0.0 for name in _DROPOUT[family])
 
 
 def _head_shape(config, attn: nn.Module, hidden: int) -> tuple[int, int, int]:

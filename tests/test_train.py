@@ -50,7 +50,7 @@ def test_defaults_come_from_the_cpu_budget_and_table_8():
     assert (cpu.max_steps, cpu.epochs) == (150, None)
     assert cpu.batch_size == 32 and cpu.weight_decay == 0.1 and cpu.warmup == 0.06
     assert tuple(cpu.adam_betas) == (0.9, 0.98) and cpu.adam_eps == 1e-6
-    assert cpu.overrides == {"attn_bn": 16, "ffn_bn": 16, "ffn_adapter_scalar": 2.0}   # MAM at the GLUE sizes
+    assert cpu.overrides == {}                                      # a budget never changes what a preset computes
     assert TrainConfig(overrides={}).resolved().overrides == {}                      # the preset as it is
     assert TrainConfig(variant="lora").resolved().overrides == {}
     assert TrainConfig(variant="full").resolved().lr == 5e-5

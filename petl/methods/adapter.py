@@ -7,7 +7,17 @@ Table 1 and Eq. 4 / Eq. 8-10 of the paper:
     parallel:    x is the sublayer's input            h <- h + s · Δh(x)
 
 s = 1 is plain adding, s > 1 the scaled parallel adapter, 'learnable_scalar' the trained s of Table 5.
-The site is the attention sublayer (after its output projection) or the FFN sublayer.
+
+Where exactly, as the reference implementation (jxhe/unify-parameter-efficient-tuning, 3222ce2) computes it:
+- FFN, sequential: x is the FFN's output after the block's dropout, and Δh joins it before the residual add.
+- FFN, parallel: x is the residual stream entering the FFN block (in a pre-norm layer, before its LayerNorm), and
+  Δh joins the FFN's output after its dropout.
+- FFN, Pfeiffer: x is the block's output after the residual add (after the LayerNorm in a post-norm layer); Δh
+  joins the residual sum (before the LayerNorm in a post-norm layer).
+- Attention, sequential: x is the output projection's output, before the layer's dropout.
+- Attention, parallel: x is the attention module's input; Δh joins the heads' output before W_o (so W_o maps it).
+Inside every adapter a dropout with the model's own rate follows the ReLU (the hidden rate on the FFN, the
+attention rate at attention), as in the reference.
 """
 
 from __future__ import annotations
@@ -16,23 +26,27 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from petl.methods.base import Delta, SublayerInput
-from petl.sites import Sites
+from petl.methods.base import Delta
+from petl.sites import AttentionSite, FFNSite, Sites
 
 
 class Adapter(Delta):
-    """s · ReLU(LN?(x) W_down) W_up added at a sublayer's output, from its input (parallel) or output (sequential)."""
+    """s · ReLU(LN_in?(x) W_down) W_up, with LN_out? applied before s; attached at an FFN or attention site."""
 
-    def __init__(self, sublayer_in: nn.Module, sublayer_out: nn.Module, hidden: int, bottleneck: int,
-                 insertion: str, scalar: float | str, layernorm: str, init: str, device=None, dtype=None) -> None:
+    def __init__(self, site: AttentionSite | FFNSite, bottleneck: int, insertion: str, scalar: float | str,
+                 layernorm: str, init: str, dropout: float, device=None, dtype=None) -> None:
         super().__init__()
-        self.sublayer = [sublayer_in, sublayer_out]  # a list keeps stock modules out of this module's parameters
+        self.site = [site]  # a list keeps stock modules out of this module's parameters
         self.insertion = insertion
         kw = dict(device=device, dtype=dtype)
+        hidden = site.hidden
         self.down = nn.Linear(hidden, bottleneck, **kw)
         self.up = nn.Linear(bottleneck, hidden, **kw)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.layernorm_in = nn.LayerNorm(hidden, **kw) if layernorm == "in" else None
+        # The reference computes LN(s · up) for 'out' (s then almost cancels); petl normalises, then scales.
         self.layernorm_out = nn.LayerNorm(hidden, **kw) if layernorm == "out" else None
         if scalar == "learnable_scalar":
             self.scale = nn.Parameter(torch.ones((), **kw))
@@ -53,45 +67,100 @@ class Adapter(Delta):
         return self.unscaled(x) * self.scale
 
     def unscaled(self, x: torch.Tensor) -> torch.Tensor:
-        """Δh before the scale s: LN_out?(ReLU(LN_in?(x) W_down) W_up)."""
+        """Δh before the scale s: LN_out?(Dropout(ReLU(LN_in?(x) W_down)) W_up)."""
         if self.layernorm_in is not None:
             x = self.layernorm_in(x)
-        change = self.up(torch.relu(self.down(x)))
+        change = self.up(self.dropout(torch.relu(self.down(x))))
         if self.layernorm_out is not None:
             change = self.layernorm_out(change)
         return change
 
     def _change(self, x: torch.Tensor) -> torch.Tensor:
+        """s · Δh(x), for hooks that add it themselves."""
+        return self(x) if self.fixed_scale is None else self.unscaled(x) * self.fixed_scale
+
+    def _for_fused_add(self, x: torch.Tensor) -> torch.Tensor:
+        """Δh(x) for an output hook that adds it with a fixed s fused into the add (learned s: s · Δh(x))."""
         return self(x) if self.fixed_scale is None else self.unscaled(x)
 
     def attach(self) -> None:
-        sublayer_in, sublayer_out = self.sublayer
-        scale = None if self.fixed_scale in (None, 1.0) else self.fixed_scale
-        if self.insertion == "parallel":
-            source = SublayerInput(self, sublayer_in, sublayer_out)
-            self.add_output_hook(sublayer_out, lambda inputs, output: self._change(source.take(inputs)), scale)
+        site = self.site[0]
+        if isinstance(site, AttentionSite):
+            self._attach_attention(site)
         else:
-            self.add_output_hook(sublayer_out, lambda inputs, output: self._change(output), scale)
+            self._attach_ffn(site)
 
+    def _attach_attention(self, site: AttentionSite) -> None:
+        if self.insertion == "parallel":
+            source = self.capture_input(site.module)
+            self.add_input_hook(site.o.module, lambda _heads: self._change(source.take()))
+        else:
+            scale = None if self.fixed_scale in (None, 1.0) else self.fixed_scale
+            self.add_output_hook(site.o.module, lambda inputs, output: self._for_fused_add(output), scale)
 
-def _adapter(sublayer_in, sublayer_out, hidden, bottleneck, insertion, config) -> Adapter:
-    weight = next(sublayer_out.parameters())
-    return Adapter(sublayer_in, sublayer_out, hidden, bottleneck, insertion, config.ffn_adapter_scalar,
-                   config.ffn_adapter_layernorm_option, config.ffn_adapter_init_option,
-                   device=weight.device, dtype=weight.dtype)
+    def _attach_ffn(self, site: FFNSite) -> None:
+        scale = None if self.fixed_scale in (None, 1.0) else self.fixed_scale
+        if self.insertion == "pfeiffer":
+            self._attach_pfeiffer(site)
+            return
+        if site.output is not None:  # FFN(x) after its dropout is one module's output
+            if self.insertion == "parallel":
+                residual = self.capture_input(site.residual)
+                self.add_output_hook(site.output, lambda i, o: self._for_fused_add(residual.take()), scale)
+            else:
+                self.add_output_hook(site.output, lambda i, o: self._for_fused_add(o), scale)
+            return
+        # BART-like layers drop FFN(x) functionally, so Δh joins the residual sum y = x + dropout(FFN(x)) instead.
+        residual = self.capture_input(site.residual)
+        if self.insertion == "parallel":
+            change = lambda y: self._change(residual.take())  # noqa: E731
+        else:
+            ffn_out = self.capture_output(site.last)
+            layer = site.layer_module
+
+            def change(y):
+                x, out = residual.take(), ffn_out.take()
+                dropped = y - x if (layer.training and site.dropout > 0) else out  # dropout(FFN(x))
+                return self._change(dropped)
+        self._at_sum(site, change)
+
+    def _at_sum(self, site: FFNSite, change) -> None:
+        where, module = site.sum_at
+        if where == "input":
+            self.add_input_hook(module, change)
+        else:
+            self.add_output_hook(module, lambda inputs, output: change(output))
+
+    def _attach_pfeiffer(self, site: FFNSite) -> None:
+        where, module = site.sum_at
+        if where == "output":  # pre-norm: y <- y + Δh(y)
+            self.add_output_hook(module, lambda inputs, output: self._change(output))
+            return
+
+        def hook(_module, inputs, output):  # post-norm: LN(y) <- LN(y + Δh(LN(y)))
+            if self.merged:
+                return None
+            return F.layer_norm(inputs[0] + self._change(output), module.normalized_shape, module.weight,
+                                module.bias, module.eps)
+
+        self._handles.append(module.register_forward_hook(hook))
 
 
 def build(sites: Sites, config) -> dict[str, Delta]:
-    """Adapters for attn_mode='adapter' (every attention sublayer) and ffn_mode='adapter' (every FFN)."""
+    """Adapters for attn_mode='adapter' (every attention module) and ffn_mode='adapter' (every FFN)."""
     deltas: dict[str, Delta] = {}
     if config.attn_mode == "adapter":
         for site in sites.attention:
-            deltas[f"{site.name}.adapter"] = _adapter(
-                site.module, site.o.module, site.hidden, config.attn_bn, config.attn_option, config)
+            weight = site.o.module.weight
+            deltas[f"{site.name}.adapter"] = Adapter(
+                site, config.attn_bn, config.attn_option, config.attn_adapter_scalar,
+                config.attn_adapter_layernorm_option, config.attn_adapter_init_option, site.dropout,
+                device=weight.device, dtype=weight.dtype)
     if config.ffn_mode == "adapter":
-        # 'pfeiffer' is the sequential adapter after the FFN only (Pfeiffer et al., 2021).
-        insertion = "parallel" if config.ffn_option == "parallel" else "sequential"
         for site in sites.ffn:
-            deltas[f"{site.name}.adapter"] = _adapter(
-                site.sublayer_in, site.sublayer_out, site.hidden, config.ffn_bn, insertion, config)
+            weight = site.last.weight
+            deltas[f"{site.name}.adapter"] = Adapter(
+                site, config.ffn_bn, config.ffn_option, config.ffn_adapter_scalar,
+                config.ffn_adapter_layernorm_option, config.ffn_adapter_init_option, site.dropout,
+                device=weight.device, dtype=weight.dtype)
     return deltas

@@ -53,38 +53,52 @@ class Delta(nn.Module):
 
         self._handles.append(module.register_forward_hook(hook))
 
-    def capture_input(self, module: nn.Module, store) -> None:
-        """Hand the hidden states entering `module` (first argument, or `hidden_states=`) to store(x)."""
+    def add_input_hook(self, module: nn.Module, delta_fn) -> None:
+        """x <- x + Δh at `module`'s first input (before it runs); delta_fn(x) returns Δh."""
 
         def pre_hook(_module, args, kwargs):
-            store(args[0] if args else kwargs.get("hidden_states", kwargs.get("input")))
+            if self.merged:
+                return None
+            if args:
+                return (args[0] + delta_fn(args[0]), *args[1:]), kwargs
+            key = "hidden_states" if "hidden_states" in kwargs else "input"
+            return args, {**kwargs, key: kwargs[key] + delta_fn(kwargs[key])}
 
         self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
+    def capture_input(self, module: nn.Module) -> "Captured":
+        """A holder that receives the hidden states entering `module` (first argument, or `hidden_states=`)."""
+        held = Captured()
 
-class SublayerInput:
-    """The input x of a sublayer, for parallel insertion (Δh = f(x) added to the sublayer's output).
+        def pre_hook(_module, args, kwargs):
+            held.value = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
 
-    When the sublayer is one module (Llama's mlp) the output hook already sees x; when it spans two modules
-    (BART's fc1 ... fc2) a pre-hook on the first one keeps x until the output hook of the second one uses it.
-    """
+        self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        return held
 
-    def __init__(self, delta: Delta, sublayer_in: nn.Module, sublayer_out: nn.Module) -> None:
-        self.same = sublayer_in is sublayer_out
+    def capture_output(self, module: nn.Module) -> "Captured":
+        """A holder that receives `module`'s output."""
+        held = Captured()
+
+        def hook(_module, _inputs, output):
+            held.value = output
+
+        self._handles.append(module.register_forward_hook(hook))
+        return held
+
+
+class Captured:
+    """A tensor seen at one point of the forward pass and used by a Δh at a later point of the same pass (the
+    parallel adapter's input x, read before the sublayer and used after it). `take` hands it over once."""
+
+    def __init__(self) -> None:
         self.value: torch.Tensor | None = None
-        if not self.same:
-            delta.capture_input(sublayer_in, self._store)
 
-    def _store(self, x: torch.Tensor) -> None:
-        self.value = x
-
-    def take(self, inputs: tuple) -> torch.Tensor:
-        if self.same:
-            return inputs[0]
-        x, self.value = self.value, None
-        if x is None:
-            raise RuntimeError("petl: a parallel Δh found no sublayer input; was the sublayer called out of order?")
-        return x
+    def take(self) -> torch.Tensor:
+        value, self.value = self.value, None
+        if value is None:
+            raise RuntimeError("petl: a Δh found no captured input; was the sublayer called out of order?")
+        return value
 
 
 def conv1d_or_linear_shape(module: nn.Module) -> tuple[int, int]:

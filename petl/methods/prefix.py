@@ -9,8 +9,11 @@ Eq. 7 of the paper: with l prefix vectors P_k, P_v prepended to the keys and val
 attn_option picks the form (reference option names):
     concat           the left side: prefix tuning itself
     cross_attn_noln  the right side's two terms computed separately; composed by 'gate_add' (λ above) or 'add'
-    cross_attn       as cross_attn_noln with a learned LayerNorm on the prefix query (per head)
-    cross_attn_relu  ReLU(x W_q P_kᵀ) P_v added per head: the multi-head parallel adapter (Table 1)
+    cross_attn       as cross_attn_noln, the prefix query W_q · LayerNorm(h) from the attention's input h (one
+                     LayerNorm over d_model per attention module), scaled, as the reference computes it
+    cross_attn_relu  ReLU(q P_kᵀ) P_v added per head: the multi-head parallel adapter (Table 1); q is
+                     W_q · LayerNorm(h) unscaled (the reference's BART, RoBERTa) or the attention's own scaled
+                     query (its mBART): PETLConfig.mh_adapter_query
 
 Prefixes are separate for encoder self-attention, decoder self-attention and cross-attention, each produced by
 its own re-parameterisation MLP (attn_mode='prefix': embedding l×d -> Linear(d, mid_dim) -> tanh ->
@@ -31,7 +34,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from petl.methods.base import Delta
+from torch.nn import functional as F
+
+from petl.methods.base import Captured, Delta
 from petl.sites import AttentionSite, Sites
 
 ATTENTION_NAME = "petl"
@@ -39,13 +44,21 @@ _GROUP_OF = weakref.WeakKeyDictionary()  # attention module -> (PrefixGroup, lay
 
 
 class PrefixGroup(Delta):
-    """The prefixes of one attention type (encoder self, decoder self or cross) for all its layers."""
+    """The prefixes of one attention type (encoder self, decoder self or cross) for all its layers.
 
-    def __init__(self, sites: list[AttentionSite], length: int, mlp: bool, mid_dim: int, dropout: float,
-                 option: str, composition: str) -> None:
+    Each layer's P_k, P_v are computed where that layer uses them, from the group's parameters alone (with the
+    MLP, only that layer's rows of its last matrix), so gradient checkpointing of either kind recomputes them
+    exactly and no tensor of the autograd graph outlives the forward pass. Without gradients (evaluation,
+    generation) they are kept for the rest of one pass of the stack, and of every incremental decoding step
+    that continues it; the next pass recomputes them.
+    """
+
+    def __init__(self, sites: list[AttentionSite], stack: nn.Module, length: int, mlp: bool, mid_dim: int,
+                 dropout: float, option: str, composition: str, query: str) -> None:
         super().__init__()
         site = sites[0]
-        self.modules_ = [s.module for s in sites]  # a list keeps stock modules out of this module's parameters
+        self.sites_ = sites  # a list keeps stock modules out of this module's parameters
+        self.stack = [stack]
         self.layers, self.length = len(sites), length
         self.kv_heads, self.head_dim, self.heads = site.num_kv_heads, site.head_dim, site.num_heads
         self.option, self.composition = option, composition
@@ -58,38 +71,80 @@ class PrefixGroup(Delta):
         else:
             self.prefix = nn.Parameter(torch.randn(length, out, **kw) * 0.02)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.query_norm = nn.LayerNorm(self.head_dim, **kw) if option == "cross_attn" else None
-        self._cache: tuple | None = None
+        # The reference's 'cross_attn' (and BART's 'cross_attn_relu') query: W_q · LayerNorm(h), one LayerNorm over
+        # d_model per attention module, applied to the module's input h.
+        self.query_from_input = option == "cross_attn" or (option == "cross_attn_relu" and query == "layernorm")
+        self.query_norms = nn.ModuleList(nn.LayerNorm(s.hidden, **kw) for s in sites) if self.query_from_input \
+            else None
+        self._inputs: list[Captured] = []
+        self._cache: dict[int, torch.Tensor] = {}
         self.record: dict | None = None  # set to a dict to record λ per layer (petl.inspect.gates)
 
+    def compute_prefix(self, layer: int) -> torch.Tensor:
+        """[2, kv_heads, length, head_dim]: P_k and P_v of one layer (the MLP folded)."""
+        width = 2 * self.kv_heads * self.head_dim
+        rows = slice(layer * width, (layer + 1) * width)
+        if hasattr(self, "mlp"):
+            first, _, last = self.mlp
+            flat = F.linear(torch.tanh(first(self.embedding)), last.weight[rows], last.bias[rows])
+        else:
+            flat = self.prefix[:, rows]
+        return self.dropout(flat).view(self.length, 2, self.kv_heads, self.head_dim).permute(1, 2, 0, 3)
+
     def all_prefixes(self) -> torch.Tensor:
-        """[layers, 2, kv_heads, length, head_dim]: P_k and P_v of every layer (the MLP folded)."""
-        flat = self.mlp(self.embedding) if hasattr(self, "mlp") else self.prefix
-        flat = self.dropout(flat)
-        return flat.view(self.length, self.layers, 2, self.kv_heads, self.head_dim).permute(1, 2, 3, 0, 4)
+        """[layers, 2, kv_heads, length, head_dim]: every layer's P_k and P_v."""
+        return torch.stack([self.compute_prefix(layer) for layer in range(self.layers)])
 
     def layer_prefix(self, layer: int) -> torch.Tensor:
-        """P_k, P_v of one layer. The MLP runs once per forward pass: layer 0 always comes first, so it
-        recomputes there when gradients flow; under no_grad the result is kept until a parameter changes."""
-        key = (tuple(p._version for p in self.parameters()), self.training)
-        if self._cache is None or self._cache[0] != key or (layer == 0 and torch.is_grad_enabled()):
-            self._cache = (key, self.all_prefixes())
-        return self._cache[1][layer]
+        if torch.is_grad_enabled():
+            return self.compute_prefix(layer)
+        cached = self._cache.get(layer)
+        if cached is None:
+            cached = self._cache[layer] = self.compute_prefix(layer)
+        return cached
+
+    def prefix_query(self, layer: int, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        """The query of the separate prefix attention, [batch, heads, q_len, head_dim]."""
+        if not self.query_from_input:
+            return query
+        site = self.sites_[layer]
+        h = self.query_norms[layer](self._inputs[layer].take())
+        q = _project(site.q, h).view(*h.shape[:-1], self.heads, self.head_dim).transpose(1, 2).to(query.dtype)
+        return q * scaling if self.option == "cross_attn" else q  # the reference's ReLU form is unscaled
 
     def attach(self) -> None:
-        for layer, module in enumerate(self.modules_):
-            _GROUP_OF[module] = (self, layer)
+        for layer, site in enumerate(self.sites_):
+            _GROUP_OF[site.module] = (self, layer)
+        if self.query_from_input:
+            self._inputs = [self.capture_input(site.module) for site in self.sites_]
+        self._handles.append(self.stack[0].register_forward_pre_hook(self._new_pass, with_kwargs=True))
+
+    def _new_pass(self, _module, args, kwargs) -> None:
+        past = kwargs.get("past_key_values")
+        if past is None or not hasattr(past, "get_seq_length") or past.get_seq_length() == 0:
+            self._cache = {}
 
     def detach(self) -> None:
-        for module in self.modules_:
-            _GROUP_OF.pop(module, None)
+        super().detach()
+        for site in self.sites_:
+            _GROUP_OF.pop(site.module, None)
+        self._cache = {}
 
     def stored_count(self) -> int:
         return 2 * self.layers * self.length * self.kv_heads * self.head_dim + sum(
-            p.numel() for p in (self.query_norm.parameters() if self.query_norm is not None else ()))
+            p.numel() for p in (self.query_norms.parameters() if self.query_norms is not None else ()))
 
     def paper_count(self) -> int:
         return 2 * self.layers * self.length * self.kv_heads * self.head_dim
+
+
+def _project(projection, x: torch.Tensor) -> torch.Tensor:
+    """One projection of x (its slice, for a fused q/k/v projection such as GPT-2's c_attn)."""
+    out = projection.module(x)
+    if projection.part is None:
+        return out
+    width = out.shape[-1] // projection.parts
+    return out[..., projection.part * width:(projection.part + 1) * width]
 
 
 def _bool_mask(mask: torch.Tensor | None, query: torch.Tensor, key_len: int, causal: bool) -> torch.Tensor | None:
@@ -167,16 +222,17 @@ def petl_attention(module, query, key, value, attention_mask, scaling=None, drop
             return out.transpose(1, 2).contiguous(), None
         return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
 
-    # Separate prefix attention (right side of Eq. 7): softmax(x W_q P_kᵀ) P_v, or ReLU(...) for the MH adapter.
-    prefix_query = group.query_norm(query) if group.query_norm is not None else query
-    prefix_scores = torch.matmul(prefix_query, _heads(p_k, heads).transpose(-1, -2)) * scaling  # [b, h, q, l]
-    p_v = _heads(p_v, heads)
-    if group.option == "cross_attn_relu":
-        prefix_out = torch.matmul(torch.relu(prefix_scores), p_v)
-    else:
-        prefix_out = torch.matmul(torch.softmax(prefix_scores, dim=-1), p_v)
-
+    # Separate prefix attention (right side of Eq. 7): softmax(q P_kᵀ) P_v, or ReLU(q P_kᵀ) P_v for the MH adapter,
+    # with the attention's dropout on these weights too (the reference drops both).
     training = module.training
+    prefix_query = group.prefix_query(layer, query, scaling)
+    prefix_scores = torch.matmul(prefix_query, _heads(p_k, heads).transpose(-1, -2))  # [b, h, q, l]
+    if not group.query_from_input:  # the attention's own query, scaled as its keys' scores are
+        prefix_scores = prefix_scores * scaling
+    p_v = _heads(p_v, heads)
+    weights = torch.relu(prefix_scores) if group.option == "cross_attn_relu" else torch.softmax(prefix_scores, dim=-1)
+    prefix_out = torch.matmul(nn.functional.dropout(weights, p=dropout, training=training), p_v)
+
     if group.composition == "gate_add" or group.record is not None:
         main_out, main_lse = _attention_with_logsumexp(query, key, value, mask, scaling, dropout, training,
                                                        position_bias)
@@ -189,7 +245,7 @@ def petl_attention(module, query, key, value, attention_mask, scaling=None, drop
         main_out = sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout,
                                           **kwargs)[0].transpose(1, 2)
         gate = None
-    if group.option == "concat" or group.composition == "gate_add":
+    if group.option == "concat" or group.composition == "gate_add":  # concat here only when recording λ
         out = (1 - gate) * main_out + gate * prefix_out  # h <- (1 - λ) h + λ Δh
     else:
         out = main_out + prefix_out  # h <- h + Δh
@@ -202,15 +258,18 @@ def register_attention() -> None:
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
-def build(sites: Sites, config) -> dict[str, Delta]:
+def build(model: nn.Module, sites: Sites, config) -> dict[str, Delta]:
     """One PrefixGroup per attention type for attn_mode 'prefix' / 'prefix_nomlp'."""
     if config.attn_mode not in ("prefix", "prefix_nomlp"):
         return {}
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     deltas: dict[str, Delta] = {}
     for kind in ("encoder", "decoder", "cross"):
         group = [s for s in sites.attention if s.kind == kind]
         if group:
+            stack = model.base_model if not encoder_decoder else (
+                model.get_encoder() if kind == "encoder" else model.get_decoder())
             deltas[f"prefix_{kind}"] = PrefixGroup(
-                group, config.attn_bn, config.attn_mode == "prefix", config.mid_dim, config.prefix_dropout,
-                config.attn_option, config.attn_composition)
+                group, stack, config.attn_bn, config.attn_mode == "prefix", config.mid_dim, config.prefix_dropout,
+                config.attn_option, config.attn_composition, config.mh_adapter_query)
     return deltas

@@ -5,6 +5,12 @@ the prompt, as a prefix whose keys and values are computed by the frozen network
 For encoder-decoder models the prompt is prepended to the encoder input, and the decoder's cross-attention sees
 it; for encoder-only and decoder-only models the prompt positions are removed again from the returned hidden
 states, so that task heads and language-model labels line up with the inputs.
+
+As in the reference implementation, the prompt takes no position: where the model adds learned or sinusoidal
+absolute position embeddings (BART, mBART, Marian, BERT, RoBERTa, GPT-2), the tokens keep positions 0..n-1 and the
+prompt vectors get none (the model's embedding LayerNorm and dropout then apply to both, and the prompt is not
+multiplied by the embedding scale). Models with relative positions (T5's bias, Llama's rotary embedding) see the
+prompt at positions 0..l-1 before the tokens.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 from torch import nn
 
 from petl.methods.base import Delta
+from petl.sites import POSITIONS, _get
 
 
 class PromptTuning(Delta):
@@ -24,7 +31,9 @@ class PromptTuning(Delta):
         stack = model.get_encoder() if self.is_encoder_decoder else model.base_model
         decoder = model.get_decoder() if self.is_encoder_decoder else None
         embedding = getattr(stack, "embed_tokens", None) or stack.get_input_embeddings()
-        self.stack_modules = [stack, decoder, embedding]  # a list keeps stock modules out of this module
+        path = POSITIONS.get(model.config.model_type)
+        positions = _get(model.base_model, path) if path else None
+        self.stack_modules = [stack, decoder, embedding, positions]  # a list keeps stock modules out of this module
         self.length = length
         # Lester et al.'s initialisation: embeddings of tokens drawn from the vocabulary.
         with torch.no_grad():
@@ -33,8 +42,11 @@ class PromptTuning(Delta):
         self.prompt = nn.Parameter(init.detach().clone())
 
     def attach(self) -> None:
-        stack, decoder, embedding = self.stack_modules
+        stack, decoder, embedding, positions = self.stack_modules
         self._handles.append(stack.register_forward_pre_hook(self._prepend, with_kwargs=True))
+        if positions is not None:
+            self._handles.append(positions.register_forward_pre_hook(self._token_positions))
+            self._handles.append(positions.register_forward_hook(self._no_prompt_position))
         if self.is_encoder_decoder:
             self._handles.append(decoder.register_forward_pre_hook(self._extend_cross_mask, with_kwargs=True))
         else:
@@ -62,6 +74,18 @@ class PromptTuning(Delta):
             if kwargs.get(name) is not None:
                 kwargs[name] = None  # defaults (type 0, positions 0..n) cover the lengthened input
         return tuple(args), kwargs
+
+    def _token_positions(self, _module, args):
+        """The position module sees only the tokens (its input is the position ids, or a tensor or size that gives
+        the sequence length): positions 0..n-1."""
+        first = args[0]
+        if isinstance(first, torch.Tensor):
+            return (first[..., : first.shape[-1] - self.length], *args[1:])
+        return ((*first[:-1], first[-1] - self.length), *args[1:])
+
+    def _no_prompt_position(self, _module, _args, output):
+        """A zero position vector for each prompt vector, in front of the tokens' positions."""
+        return torch.nn.functional.pad(output, [0, 0, self.length, 0])  # [..., l + n, d]
 
     def _strip(self, _module, _args, output):
         output.last_hidden_state = output.last_hidden_state[:, self.length:]
