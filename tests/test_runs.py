@@ -150,3 +150,18 @@ def test_clean_stale_temp_keeps_live_ones(tmp_path):
         p.kill()
         p.wait()
     time.sleep(0.1)
+
+
+def test_records_of_changed_method_code_are_superseded():
+    import petl
+    from petl.runs import config_hash, superseded
+    old_houlsby = {"petl": {k: v for k, v in petl.resolve("houlsby").to_dict().items()
+                            if k not in petl.config.LATER_FIELDS}}
+    assert superseded(old_houlsby)                                   # adapters changed: the old record is out
+    assert not superseded(dict(old_houlsby, computation=2))
+    old_lora = {"petl": {k: v for k, v in petl.resolve("lora").to_dict().items() if k not in petl.config.LATER_FIELDS}}
+    assert not superseded(old_lora)                                  # LoRA did not change: its records stay
+    new_lora = {"train": {"task": "t"}, "petl": petl.resolve("lora").to_dict(), "computation": 1}
+    assert config_hash(new_lora) == config_hash(dict(old_lora, train={"task": "t"}))  # ... under the same id
+    new_houlsby = {"train": {"task": "t"}, "petl": petl.resolve("houlsby").to_dict(), "computation": 2}
+    assert config_hash(new_houlsby) != config_hash(dict(old_houlsby, train={"task": "t"}))

@@ -1,8 +1,15 @@
 """The one mechanism: a modification Δh attached at a site of a stock model (the paper's Section 3, Table 1).
 
-Every method is a `Delta` module. It owns its new parameters and attaches itself with forward hooks, so the
-stock model's code is never copied: the hook adds Δh to the output of the site's module, computing Δh from the
-sublayer input (parallel insertion) or from the sublayer output (sequential insertion).
+Every method is a `Delta` module. It owns its new parameters and attaches itself with hooks, so the stock
+model's code is never copied. The routes, all registered in `attach` and removed in `detach`:
+- an output hook adds Δh to a module's output (LoRA on a projection, the sequential adapters, Pfeiffer);
+- an input hook adds Δh to a module's input (the parallel attention adapter before W_o; FFN adapters at the
+  residual sum of BART-like layers, whose dropout is functional);
+- `capture_input` / `capture_output` hand a tensor seen earlier in the pass to a later hook (the parallel
+  adapter's x, the prefix query's LayerNorm input);
+- prefix tuning alone changes the attention itself, through an attention function registered in transformers'
+  AttentionInterface (methods/prefix.py); prompt tuning rewrites the stack's input embeddings with a pre-hook
+  (methods/prompt.py); BitFit swaps b + Δb into the module for its call so the add fuses (methods/bitfit.py).
 """
 
 from __future__ import annotations
