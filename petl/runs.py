@@ -41,6 +41,8 @@ from typing import Any, Iterator
 
 import psutil
 
+from petl.config import LATER_FIELDS, PETLConfig, computation_version
+
 # Fields every record must have; a record without them is damaged and skipped.
 REQUIRED_CONFIG_KEYS = ("run_id", "train", "petl")
 REQUIRED_TRAIN_KEYS = ("task", "model", "variant", "seed")
@@ -71,8 +73,6 @@ def config_hash(resolved: dict) -> str:
     version of the method's computation once it is past 1 (petl.config.COMPUTATION_VERSION). Settings that do not
     change a result (where records go, progress bars, exact gradient checkpointing) and petl fields added later
     and left at their defaults (petl.config.LATER_FIELDS) stay out, so unchanged methods keep their run ids."""
-    from petl.config import LATER_FIELDS
-
     def strip(d):
         return {k: v for k, v in d.items() if k not in _NOT_HASHED}
     method = {k: v for k, v in resolved.get("petl", {}).items()
@@ -442,7 +442,6 @@ def iter_records(runs_dir: str | os.PathLike) -> Iterator[Path]:
 
 def superseded(config: dict) -> bool:
     """True when a record was computed by an older version of its method than petl's current one."""
-    from petl.config import PETLConfig, computation_version
     try:
         current = computation_version(PETLConfig.from_dict(config["petl"]))
     except (ValueError, TypeError):

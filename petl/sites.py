@@ -184,6 +184,12 @@ def find_sites(model: nn.Module) -> Sites:
     return sites
 
 
+def position_embedding(model: nn.Module) -> nn.Module | None:
+    """The module that adds absolute positions to the (first stack's) input, or None for relative positions."""
+    path = POSITIONS.get(model.config.model_type)
+    return _get(model.base_model, path) if path else None
+
+
 def _dropout(config) -> tuple[float, float]:
     family = {"roberta": "bert", "mbart": "bart", "marian": "bart", "mistral": "llama", "qwen2": "llama"}.get(
         config.model_type, config.model_type)

@@ -32,7 +32,7 @@ GOLDEN = {arch: load_file(str(FIXTURES / f"{arch}.safetensors")) for arch in spe
 #: the sum it was added to, under dropout in BART's functional-dropout layers) costs a few ulps of the residual.
 RTOL, ATOL = 1e-9, 1e-11
 CASES = [(arch, combo, mode) for combo, entry in PROVENANCE["combos"].items()
-         for arch in entry["runs"] for mode in entry["runs"][arch]]
+         for arch, run in entry["runs"].items() for mode in run["modes"]]
 
 
 def test_fixtures_match_their_provenance():
@@ -144,7 +144,7 @@ def _golden(arch: str, combo: str, mode: str, patched: bool = False) -> dict:
 
 def _run_petl(arch: str, combo: str, mode: str):
     options = spec.options(combo)
-    run = PROVENANCE["combos"][combo]["runs"][arch][mode]
+    run = PROVENANCE["combos"][combo]["runs"][arch]
     model = _model(arch, mode)
     bare = options["attn_mode"] == "none" and options["ffn_mode"] == "none"
     if mode == "eval":

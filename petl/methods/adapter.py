@@ -75,12 +75,13 @@ class Adapter(Delta):
             change = self.layernorm_out(change)
         return change
 
-    def _change(self, x: torch.Tensor) -> torch.Tensor:
-        """s · Δh(x), for hooks that add it themselves."""
-        return self(x) if self.fixed_scale is None else self.unscaled(x) * self.fixed_scale
+    @property
+    def _fused_scale(self) -> float | None:
+        """The fixed s an output hook fuses into its add (None: s = 1, or a learned s applied by forward)."""
+        return None if self.fixed_scale in (None, 1.0) else self.fixed_scale
 
     def _for_fused_add(self, x: torch.Tensor) -> torch.Tensor:
-        """Δh(x) for an output hook that adds it with a fixed s fused into the add (learned s: s · Δh(x))."""
+        """What an output hook with `_fused_scale` adds: Δh(x) before a fixed s, s · Δh(x) for a learned s."""
         return self(x) if self.fixed_scale is None else self.unscaled(x)
 
     def attach(self) -> None:
@@ -93,13 +94,12 @@ class Adapter(Delta):
     def _attach_attention(self, site: AttentionSite) -> None:
         if self.insertion == "parallel":
             source = self.capture_input(site.module)
-            self.add_input_hook(site.o.module, lambda _heads: self._change(source.take()))
+            self.add_input_hook(site.o.module, lambda _heads: self(source.take()))
         else:
-            scale = None if self.fixed_scale in (None, 1.0) else self.fixed_scale
-            self.add_output_hook(site.o.module, lambda inputs, output: self._for_fused_add(output), scale)
+            self.add_output_hook(site.o.module, lambda inputs, output: self._for_fused_add(output), self._fused_scale)
 
     def _attach_ffn(self, site: FFNSite) -> None:
-        scale = None if self.fixed_scale in (None, 1.0) else self.fixed_scale
+        scale = self._fused_scale
         if self.insertion == "pfeiffer":
             self._attach_pfeiffer(site)
             return
@@ -113,7 +113,7 @@ class Adapter(Delta):
         # BART-like layers drop FFN(x) functionally, so Δh joins the residual sum y = x + dropout(FFN(x)) instead.
         residual = self.capture_input(site.residual)
         if self.insertion == "parallel":
-            change = lambda y: self._change(residual.take())  # noqa: E731
+            change = lambda y: self(residual.take())  # noqa: E731
         else:
             ffn_out = self.capture_output(site.last)
             layer = site.layer_module
@@ -121,7 +121,7 @@ class Adapter(Delta):
             def change(y):
                 x, out = residual.take(), ffn_out.take()
                 dropped = y - x if (layer.training and site.dropout > 0) else out  # dropout(FFN(x))
-                return self._change(dropped)
+                return self(dropped)
         self._at_sum(site, change)
 
     def _at_sum(self, site: FFNSite, change) -> None:
@@ -134,13 +134,13 @@ class Adapter(Delta):
     def _attach_pfeiffer(self, site: FFNSite) -> None:
         where, module = site.sum_at
         if where == "output":  # pre-norm: y <- y + Δh(y)
-            self.add_output_hook(module, lambda inputs, output: self._change(output))
+            self.add_output_hook(module, lambda inputs, output: self(output))
             return
 
         def hook(_module, inputs, output):  # post-norm: LN(y) <- LN(y + Δh(LN(y)))
             if self.merged:
                 return None
-            return F.layer_norm(inputs[0] + self._change(output), module.normalized_shape, module.weight,
+            return F.layer_norm(inputs[0] + self(output), module.normalized_shape, module.weight,
                                 module.bias, module.eps)
 
         self._handles.append(module.register_forward_hook(hook))

@@ -30,11 +30,10 @@ import weakref
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-from torch.nn import functional as F
 
 from petl.methods.base import Captured, Delta
 from petl.sites import AttentionSite, Sites

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from petl.methods.base import Delta
-from petl.sites import POSITIONS, _get
+from petl.sites import position_embedding
 
 
 class PromptTuning(Delta):
@@ -31,9 +31,8 @@ class PromptTuning(Delta):
         stack = model.get_encoder() if self.is_encoder_decoder else model.base_model
         decoder = model.get_decoder() if self.is_encoder_decoder else None
         embedding = getattr(stack, "embed_tokens", None) or stack.get_input_embeddings()
-        path = POSITIONS.get(model.config.model_type)
-        positions = _get(model.base_model, path) if path else None
-        self.stack_modules = [stack, decoder, embedding, positions]  # a list keeps stock modules out of this module
+        # a list keeps stock modules out of this module
+        self.stack_modules = [stack, decoder, embedding, position_embedding(model)]
         self.length = length
         # Lester et al.'s initialisation: embeddings of tokens drawn from the vocabulary.
         with torch.no_grad():

@@ -74,8 +74,8 @@ def main() -> None:
                     for name, grad in out["grads"].items():
                         kind, values = spec.gradient_record(name, grad)
                         tensors[f"{key}{kind}/{name}"] = values
-                    entry["runs"].setdefault(arch, {})[mode] = dict(parameters=names, trainable=sorted(out["grads"]),
-                                                                     unused=out["unused"])
+                    entry["runs"][arch] = dict(parameters=names, trainable=sorted(out["grads"]),
+                                               unused=out["unused"], modes=list(spec.MODES))
                 print(f"{arch:5s} {combo:18s} {mode:5s} loss {float(out['loss'][0]):.12f}", flush=True)
         path = OUT / f"{arch}.safetensors"
         save_file(tensors, str(path), metadata={"reference_commit": commit})
@@ -131,7 +131,6 @@ def _run(spec, arch: str, combo: str, mode: str, patched: bool):
     with _deterministic_dropout(spec), _patched(patched):
         output = model(**batch)
         output.loss.backward()
-    # the fork prints every parameter it unfreezes; that is all its stdout
     grads = {_reference_name(n): p.grad.numpy().copy() for n, p in model.named_parameters()
              if p.requires_grad and p.grad is not None}
     # Parameters the reference builds and marks trainable but never uses (mBART's cross_attn_relu LayerNorm).
