@@ -453,7 +453,7 @@ def _run(cfg: TrainConfig, resolved: dict, runs_dir: Path) -> RunRecord:
     family = models.model_family(model.config)
     petl.apply(model, cfg.variant, **cfg.overrides)
     if cfg.gradient_checkpointing:  # exact either way (tests/test_method_state.py); non-reentrant needs no hooks
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     report = petl.parameter_report(model)
 
     raw = tasks.load_task(cfg.task)

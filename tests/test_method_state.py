@@ -86,9 +86,9 @@ def _gradients(model, batch, checkpointing):
     model.zero_grad(set_to_none=True)
     model.train()
     if checkpointing is not None:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": checkpointing})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": checkpointing})
     else:
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()
     model(**batch).loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
 
