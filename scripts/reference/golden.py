@@ -7,8 +7,8 @@ reference code), pointing at the same checkout:
 
 For every combination and architecture of tests/reference_spec.py and both modes (eval; train with every dropout
 replaced by the spec's deterministic one), it builds the fork's tiny model in float64 (BART and mBART wrapped in the
-fork's PETLEncDecModel as its run_summarization.py does, RoBERTa in PETLEncModel as its run_glue.py does), sets every parameter to the
-spec's seeded value, runs one forward and backward pass on the spec's inputs and stores the logits, the loss and
+fork's PETLEncDecModel as its run_summarization.py does, RoBERTa in PETLEncModel as its run_glue.py does), sets
+every parameter to the spec's seeded value, runs one forward and backward pass on the spec's inputs and stores the logits, the loss and
 the gradient of every trainable parameter in tests/fixtures/reference/<arch>.safetensors, with the provenance in
 tests/fixtures/reference/provenance.json. Nothing of the reference's code is copied: it is imported from the
 checkout.
