@@ -4,9 +4,9 @@ tests/fixtures/reference/ holds what the reference code (jxhe/unify-parameter-ef
 computes for every combination of tests/reference_spec.py on tiny BART, mBART and RoBERTa models in float64:
 logits, loss and the gradient of every trainable parameter, in eval mode and in train mode with dropout (every
 dropout replaced by the spec's deterministic one, so outputs agree only if dropout sits in the same places). The
-harness that made
-them is scripts/reference/golden.py; provenance.json says how to regenerate them. Here the same parameters (by the
-spec's seeded values) are put into petl's modules on stock transformers models and everything is compared.
+harness that made them is scripts/reference/golden.py; provenance.json says how to regenerate them. Here the same
+parameters (by the spec's seeded values) are put into petl's modules on stock transformers models and everything
+is compared.
 """
 
 from __future__ import annotations
