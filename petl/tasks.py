@@ -111,7 +111,8 @@ class TaskUnavailableError(RuntimeError):
 
 
 class TaskCacheError(RuntimeError):
-    """A task's cache does not load even when rebuilt; the message names the cache folder and the fix."""
+    """A task's cache cannot be built (a full disk) or does not load even when rebuilt; the message
+    names the cache folder and the fix."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -434,7 +435,17 @@ def load_task(
     if not rebuild and _cache_problem(target) is None:
         with contextlib.suppress(_Unreadable):  # the locked path below checks again, then rebuilds
             return _load_cached(target)
-    loaded = _build_unless_usable(spec, builder, folders, root, target, rebuild)
+    try:
+        loaded = _build_unless_usable(spec, builder, folders, root, target, rebuild)
+    except Exception as exc:
+        from petl.assets import _disk_full, _free_space
+
+        if not _disk_full(exc):
+            raise
+        raise TaskCacheError(
+            f"task {spec.name!r}: building its cache in {root} failed, the disk is full ({_free_space(root)}): "
+            f"{exc}. Nothing was kept; free space there, or set PETL_TASK_CACHE (or PETL_ASSETS) to a folder "
+            f"on a disk with room.") from exc
     if loaded is not None:
         return loaded
     try:

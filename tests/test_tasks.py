@@ -360,6 +360,23 @@ def test_cache_built_before_manifests_is_rebuilt(fake_assets, tmp_path, capsys):
     assert (folder / tasks._MANIFEST).is_file()
 
 
+def test_full_disk_during_build_names_the_folder_and_fix(fake_assets, tmp_path, monkeypatch):
+    import errno
+
+    def save_then_fill(self, path, *args, **kwargs):
+        (Path(path) / "train").mkdir(parents=True)
+        (Path(path) / "train" / "data-00000-of-00001.arrow").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tasks.datasets.DatasetDict, "save_to_disk", save_then_fill)
+    with pytest.raises(tasks.TaskCacheError) as info:
+        _load("rt-polarity", fake_assets, tmp_path)
+    msg = str(info.value)
+    assert f"building its cache in {tmp_path / 'cache'} failed, the disk is full (" in msg and " MB free)" in msg
+    assert "set PETL_TASK_CACHE (or PETL_ASSETS) to a folder on a disk with room" in msg
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
 # ---- the real embedded assets (when already fetched) ----
 
 
