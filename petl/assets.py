@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import re
@@ -55,6 +54,8 @@ try:  # POSIX file locks keep two processes from fetching the same asset at once
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
+
+from petl.files import sha256
 
 __all__ = [
     "ASSETS", "DEFAULT_ASSETS", "ENV_VAR", "Asset", "AssetError",
@@ -550,11 +551,7 @@ def _download_sdist(asset: Asset, dest: Path) -> None:
 
 
 def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256(file)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ file is refused rather than loaded; folders of format 1 (no checksum) still load
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from petl.config import PETLConfig
+from petl.files import sha256 as _sha256
 from petl.core import ATTRIBUTE, apply, config_of, head_parameters, modules_of
 
 FORMAT = 2
@@ -72,14 +72,6 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_meta(directory: str | os.PathLike) -> dict:
