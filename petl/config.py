@@ -51,6 +51,14 @@ class PETLConfig:
 
     attn_bn is the prefix length l for prefix / prompt modes and the bottleneck r for adapter / LoRA on attention;
     ffn_bn is the bottleneck r on the FFN. LoRA scales by s = lora_alpha / r (the paper's s).
+
+    Every option computes what the reference implementation computes (tests/test_reference_equivalence.py, on
+    BART, mBART and RoBERTa), except where the reference has a defect and petl follows the paper:
+    ffn_adapter_layernorm_option='out' is s · LN(Δh) (the reference: LN(s · Δh), where s nearly cancels);
+    attn_composition='gate_add' on RoBERTa is BART's gate (the reference's RoBERTa fails on it; see
+    petl.methods.prefix). On RoBERTa petl also trains the classification head, which the reference's GLUE runs
+    leave frozen, and builds no parameter the computation does not use (the reference builds its parallel FFN
+    adapter twice and prefix MLPs for attention types an encoder does not have).
     """
 
     attn_mode: str = "none"
@@ -71,8 +79,9 @@ class PETLConfig:
     attn_adapter_init_option: str = "bert"
     attn_adapter_scalar: float | str = 1.0
     # Where the multi-head parallel adapter (attn_option='cross_attn_relu') takes its query: 'layernorm' is
-    # W_q · LayerNorm(h) unscaled (the reference's BART and RoBERTa), 'attention' the attention's own scaled query
-    # (the reference's mBART). None picks the reference's choice for the model's architecture.
+    # W_q · LayerNorm(h) unscaled (the reference's BART), 'attention' the attention's own scaled query (the
+    # reference's mBART and RoBERTa). None picks BART's choice for BART-family models (bart, marian) and the
+    # attention's query everywhere else.
     mh_adapter_query: str | None = None
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
@@ -218,15 +227,19 @@ PRESETS: dict[str, dict] = {
 #: 2 (2026-12): adapters (dropout placement, the parallel adapter's input in pre-norm layers, Pfeiffer, the
 #: attention adapters' own options), the separate-prefix forms (LayerNorm query, dropout of the prefix
 #: attention) and prompt tuning (no position for the prompt) follow the reference number for number.
-COMPUTATION_VERSION = 2
+#: 3 (2026-12): the multi-head parallel adapter (cross_attn_relu) on every architecture but BART takes the
+#: attention's own scaled query, as the reference's RoBERTa and mBART do (it took BART's W_q·LN(h) before).
+COMPUTATION_VERSION = 3
 
 
 def computation_version(config: "PETLConfig") -> int:
     """The version of the computation `config` runs: 1 for what has not changed since the first records (full
-    fine-tuning, BitFit, LoRA, prefix tuning by concatenation), else COMPUTATION_VERSION."""
+    fine-tuning, BitFit, LoRA, prefix tuning by concatenation), 3 for the multi-head parallel adapter, else 2."""
     unchanged = (config.full_finetune or config.attn_mode in ("none", "bitfit", "lora")
                  or config.attn_mode in ("prefix", "prefix_nomlp") and config.attn_option == "concat")
-    return 1 if unchanged and config.ffn_mode in ("none", "lora") else COMPUTATION_VERSION
+    if unchanged and config.ffn_mode in ("none", "lora"):
+        return 1
+    return COMPUTATION_VERSION if config.attn_option == "cross_attn_relu" else 2
 
 
 #: Fields added after the first records: they enter a run's hash only when set away from these defaults, so that

@@ -86,9 +86,10 @@ def apply(model: nn.Module, variant_or_config: "str | PETLConfig | dict" = "mam"
     """
     config = resolve(variant_or_config, **overrides)
     if config.mh_adapter_query is None and config.attn_option == "cross_attn_relu":
-        # The reference's own two choices: mBART takes the attention's query, BART and RoBERTa W_q · LN(h).
+        # The reference's own two choices: BART takes W_q · LN(h), mBART and RoBERTa the attention's query.
         arch = getattr(getattr(model, "config", None), "model_type", None)
-        config = dataclasses.replace(config, mh_adapter_query="attention" if arch == "mbart" else "layernorm")
+        query = "layernorm" if arch in ("bart", "marian") else "attention"
+        config = dataclasses.replace(config, mh_adapter_query=query)
     if config_of(model) is not None:
         raise ValueError("this model already has a petl method; apply one method to a fresh model")
     if not hasattr(model, "config"):

@@ -1,4 +1,8 @@
-"""Save and load only what a method trained: its Delta modules and a new task head, plus the config as JSON."""
+"""Save and load only what a method trained: its Delta modules and a new task head, plus the config as JSON.
+
+Format 2 (petl_config.json "format": 2) stores the sha256 of the weights file, which `load` checks, so a damaged
+file is refused rather than loaded; folders of format 1 (no checksum) still load, with a warning.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,9 +18,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from petl.config import PETLConfig
+from petl.files import sha256 as _sha256
 from petl.core import ATTRIBUTE, apply, config_of, head_parameters, modules_of
 
-FORMAT = 1
+FORMAT = 2
+FORMATS = (1, 2)  # what load reads: 1 without a checksum of the weights, 2 with one
 WEIGHTS, CONFIG = "petl_weights.safetensors", "petl_config.json"
 
 
@@ -49,7 +56,8 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         save_file(_tensors(model), staging / WEIGHTS)
-        meta = dict(format=FORMAT, petl=config.to_dict(), base_model=fingerprint(model))
+        meta = dict(format=FORMAT, petl=config.to_dict(), base_model=fingerprint(model),
+                    weights_sha256=_sha256(staging / WEIGHTS))
         (staging / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
         for path in staging.iterdir():
             with open(path, "rb") as handle:
@@ -66,20 +74,54 @@ def save(model: nn.Module, directory: str | os.PathLike) -> Path:
     return target
 
 
-def read_config(directory: str | os.PathLike) -> tuple[PETLConfig, dict]:
-    """The PETLConfig and base-model fingerprint saved in `directory`."""
+def _read_meta(directory: str | os.PathLike) -> dict:
     path = Path(directory) / CONFIG
     try:
         meta = json.loads(path.read_text())
-        return PETLConfig.from_dict(meta["petl"]), meta["base_model"]
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: {directory} is not a directory written by petl.save") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path} is damaged or not a petl config ({error})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is damaged or not a petl config (not a JSON object)")
+    version = meta.get("format")
+    if isinstance(version, bool) or version not in FORMATS:
+        raise ValueError(f"{path}: format {version!r} is not one this petl reads ({', '.join(map(str, FORMATS))}); "
+                         "a folder written by a newer petl needs that version, a damaged one must be saved again")
+    return meta
+
+
+def read_config(directory: str | os.PathLike) -> tuple[PETLConfig, dict]:
+    """The PETLConfig and base-model fingerprint saved in `directory`."""
+    meta = _read_meta(directory)
+    try:
+        return PETLConfig.from_dict(meta["petl"]), meta["base_model"]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{Path(directory) / CONFIG} is damaged or not a petl config ({error})") from None
+
+
+def _load_weights(directory: str | os.PathLike, meta: dict) -> dict[str, torch.Tensor]:
+    """The saved tensors, checked against the stored sha256 (format 2); a damaged file raises ValueError."""
+    path = Path(directory) / WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the folder {directory} holds no petl weights")
+    expected = meta.get("weights_sha256")
+    if expected is None:
+        warnings.warn(f"{directory} was saved in petl format {meta['format']}, without a checksum of its weights: "
+                      "a damaged file cannot be told apart; save it again to add one", stacklevel=3)
+    elif _sha256(path) != expected:
+        raise ValueError(f"{path} is damaged: its sha256 differs from the one petl.save stored; restore the folder "
+                         "or train and save the method again")
+    try:
+        return load_file(path)
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error type for a truncated file
+        raise ValueError(f"{path} cannot be read as safetensors ({error}); the file is damaged or truncated: "
+                         "restore the folder or train and save the method again") from None
 
 
 def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Attach (if needed) and load a saved method into a stock model of the same architecture and size."""
+    meta = _read_meta(directory)
     config, saved = read_config(directory)
     current = fingerprint(model)
     differences = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
@@ -87,13 +129,13 @@ def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         detail = ", ".join(f"{k}: saved {a!r} vs model {b!r}" for k, a, b in
                            sorted((k, *v) for k, v in differences.items()))
         raise ValueError(f"the method in {directory} was trained on another base model ({detail})")
+    tensors = _load_weights(directory, meta)  # before attaching: a damaged folder leaves the model as it was
     attached = config_of(model)
     if attached is None:
         apply(model, config)
     elif attached != config:
         raise ValueError(f"this model already carries a different petl method ({attached.variant}); load into a "
                          f"fresh model")
-    tensors = load_file(Path(directory) / WEIGHTS)
     if config.full_finetune:
         state = {n[len("model."):]: t for n, t in tensors.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)

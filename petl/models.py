@@ -15,10 +15,12 @@ them.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["MODELS", "ModelSpec", "ModelUnavailableError", "model_family", "resolve_model", "load_model"]
 
@@ -150,13 +152,15 @@ def load_model(name: str | os.PathLike, task_spec, dtype=None, *, hub_timeout: f
 
     spec = get_task(task_spec)
     where, local_only = resolve_model(name, hub_timeout=hub_timeout)
-    config = AutoConfig.from_pretrained(where, local_files_only=local_only)
+    with _asset_damage(name, where):
+        config = AutoConfig.from_pretrained(where, local_files_only=local_only)
     family = model_family(config)
     if spec.kind == "generation" and family == "encoder":
         raise ValueError(f"model {name!r} is an encoder-only model ({config.model_type}); task {spec.name!r} "
                          f"is generation and needs an encoder-decoder (e.g. facebook/bart-large) or a decoder "
                          f"(e.g. smollm2-135m)")
-    tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
+    with _asset_damage(name, where):
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
     kwargs = {"local_files_only": local_only}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -168,26 +172,66 @@ def load_model(name: str | os.PathLike, task_spec, dtype=None, *, hub_timeout: f
             raise ValueError(f"model {name!r} ({config.model_type}) has no sequence-classification class in "
                              f"transformers; task {spec.name!r} needs one")
         _ensure_pad_token(tokenizer)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            where, num_labels=spec.num_labels,
-            id2label=dict(enumerate(spec.label_names)),
-            label2id={n: i for i, n in enumerate(spec.label_names)},
-            **kwargs)
+        with _asset_damage(name, where):
+            model = AutoModelForSequenceClassification.from_pretrained(
+                where, num_labels=spec.num_labels,
+                id2label=dict(enumerate(spec.label_names)),
+                label2id={n: i for i, n in enumerate(spec.label_names)},
+                **kwargs)
         model.config.pad_token_id = tokenizer.pad_token_id
     elif family == "encoder-decoder":
-        model = AutoModelForSeq2SeqLM.from_pretrained(where, **kwargs)
+        with _asset_damage(name, where):
+            model = AutoModelForSeq2SeqLM.from_pretrained(where, **kwargs)
         if spec.source_lang and hasattr(tokenizer, "src_lang"):
             tokenizer.src_lang = spec.source_lang
             tokenizer.tgt_lang = spec.target_lang
     else:
         _ensure_pad_token(tokenizer)
         tokenizer.padding_side = "left"  # batched generation continues from the last real token
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        with _asset_damage(name, where):
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
         model.config.pad_token_id = tokenizer.pad_token_id
 
     if spec.kind == "generation":
         _set_generation_defaults(model, tokenizer, spec, family)
     return model, tokenizer
+
+
+def _asset_of(where: str) -> str | None:
+    """The asset whose cache folder ``where`` is (an embedded model, or its folder passed as a path)."""
+    from petl import assets
+
+    here = Path(where).resolve()
+    for spec in MODELS.values():
+        if spec.is_embedded and assets.path(spec.asset).resolve() == here:
+            return spec.asset
+    return None
+
+
+@contextlib.contextmanager
+def _asset_damage(name, where: str):
+    """Turn a failed load of an asset's files into an error naming the damaged file and the fix.
+
+    ``ensure`` checked sizes (and hashes of changed files), but a file can still rot in place, keeping
+    its size and mtime; safetensors or tokenizers then fail with their own error, which names neither
+    the file nor the asset. On failure every file of the asset is hashed: when one differs from the
+    manifest, an ``AssetError`` says which and how to refetch; otherwise the original error stands.
+    """
+    try:
+        yield
+    except Exception as exc:
+        asset = _asset_of(where)
+        if asset is None:
+            raise
+        from petl import assets
+
+        problem = assets.verify(asset)
+        if problem is None:
+            raise
+        raise assets.AssetError(
+            f"model {name!r}: loading asset {asset!r} from {where} failed ({type(exc).__name__}: "
+            f"{str(exc)[:200]}) because the asset is damaged: {problem}. Refetch it: "
+            f"`python -m petl.assets fetch {asset}`") from exc
 
 
 def _ensure_pad_token(tokenizer) -> None:

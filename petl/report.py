@@ -630,7 +630,7 @@ def generation_vs_lead(runs: pd.DataFrame, metric: str = "rouge2") -> str:
 
 def reference_agreement(path: str | os.PathLike | None = None) -> tuple[dict | None, pd.DataFrame]:
     """The record of scripts/reference/agreement.py and one row per combination: the preset that runs it, the
-    reference's options, and the largest difference from the reference in float64 over both architectures,
+    reference's options, and the largest difference from the reference in float64 over its architectures,
     per mode (eval; train with dropout)."""
     path = Path(path) if path is not None else runs_dir() / "reference" / "agreement.json"
     if not path.is_file():
@@ -643,8 +643,10 @@ def reference_agreement(path: str | os.PathLike | None = None) -> tuple[dict | N
             "reference options": ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "(none)",
             "architectures": set(), "eval: max |Δ| logits": 0.0, "eval: max |Δ| gradients": 0.0,
             "train: max |Δ| logits": 0.0, "train: max |Δ| gradients": 0.0, "agrees": True,
-            "documented difference": r["documented_difference"] or ""})
+            "documented difference": ""})
         row["architectures"].add(r["arch"])
+        if r["documented_difference"]:
+            row["documented difference"] = f"{r['arch']}: {r['documented_difference']}"
         row[f"{r['mode']}: max |Δ| logits"] = max(row[f"{r['mode']}: max |Δ| logits"], r["max_abs"]["logits"])
         row[f"{r['mode']}: max |Δ| gradients"] = max(row[f"{r['mode']}: max |Δ| gradients"],
                                                      r["max_abs"]["gradients"])

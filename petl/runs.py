@@ -7,8 +7,11 @@ Layout of a record (``runs/<run id>/``)::
                      wall time, tokens/s, peak memory
     history.csv      one row per optimizer step (loss, lr, tokens); dev metrics on the evaluation steps
     train.ipynb      the executed notebook, when the run came through ``python -m petl sweep``
+    weights/         the trained method (and task head), written with ``petl.save`` (git-ignored)
 
-Method weights go to ``<runs dir>/../.weights/<run id>/`` (git-ignored), written with ``petl.save``.
+The weights are part of the record: written into the same temporary folder and moved into place by the same
+rename, under the run's lock, so a record and its weights are only ever replaced together. (Records made before
+this held them in ``<runs dir>/../.weights/<run id>/``; ``RunRecord.weights_path`` still finds those.)
 
 How a record is made safe against being killed at any moment (SIGKILL, power loss):
 
@@ -105,9 +108,38 @@ def run_id(resolved: dict) -> str:
     return "_".join(_slug(p) for p in parts)
 
 
+WEIGHTS = "weights"  # the folder of a record that holds its petl.save output
+
+
 def weights_dir(runs_dir: str | os.PathLike, rid: str) -> Path:
-    """Where a run's method weights go: the git-ignored ``.weights/<run id>`` beside the runs folder."""
+    """Where a run's method weights live: the git-ignored ``weights/`` folder of its record."""
+    return Path(runs_dir) / rid / WEIGHTS
+
+
+def legacy_weights_dir(runs_dir: str | os.PathLike, rid: str) -> Path:
+    """Where records made before weights moved into the record keep them: ``<runs dir>/../.weights/<run id>``."""
     return Path(runs_dir).resolve().parent / ".weights" / rid
+
+
+class RunsDirError(OSError):
+    """The runs folder cannot take a record (not writable): found before training, not after it."""
+
+
+def check_writable(runs_dir: str | os.PathLike) -> None:
+    """Raise RunsDirError unless ``runs_dir`` (created if missing) takes a new folder and file, as every record
+    and its weights need; called before a run trains, so no finished run dies on its way to disk."""
+    runs_dir = Path(runs_dir)
+    probe = runs_dir / f".probe-{os.getpid()}-{time.time_ns()}"
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        probe.mkdir()
+        (probe / "probe").write_bytes(b"ok")
+    except OSError as error:
+        raise RunsDirError(f"cannot write run records to {runs_dir.resolve()} ({error.strerror or error}): a run "
+                           "writes its record and weights there; make it writable or choose another runs_dir"
+                           ) from None
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,21 +229,10 @@ def staging_dir(runs_dir: str | os.PathLike, rid: str) -> Path:
     return path
 
 
-def write_record(runs_dir: str | os.PathLike, rid: str, config: dict, metrics: dict,
-                 history: list[dict] | None = None, extra_files: dict[str, Path] | None = None,
-                 pause: Any = None) -> Path:
-    """Write a whole record atomically and return its folder.
-
-    ``config`` and ``metrics`` are JSON dicts; ``history`` a list of per-step dicts (-> history.csv);
-    ``extra_files`` maps a file name in the record to an existing file to copy. ``pause`` is a test hook
-    called between writing the files and renaming the folder into place.
-    """
+def _write_record_files(tmp: Path, config: dict, metrics: dict, history: list[dict] | None,
+                        extra_files: dict[str, Path] | None) -> None:
+    """config.json, metrics.json, history.csv and the extra files of a record, fsync'ed, into `tmp`."""
     import csv
-    if metrics.get("status") not in STATUSES:
-        raise ValueError(f"metrics['status'] must be one of {STATUSES}, got {metrics.get('status')!r}")
-    runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    tmp = staging_dir(runs_dir, rid)
     files = {"config.json": _dump(config), "metrics.json": _dump(metrics)}
     if history:
         columns: list[str] = []
@@ -233,6 +254,50 @@ def write_record(runs_dir: str | os.PathLike, rid: str, config: dict, metrics: d
         with open(tmp / name, "rb") as f:
             os.fsync(f.fileno())
     _fsync_dir(tmp)
+
+
+def write_record(runs_dir: str | os.PathLike, rid: str, config: dict, metrics: dict,
+                 history: list[dict] | None = None, extra_files: dict[str, Path] | None = None,
+                 pause: Any = None, weights: Any = None) -> Path:
+    """Write a whole record atomically and return its folder.
+
+    ``config`` and ``metrics`` are JSON dicts; ``history`` a list of per-step dicts (-> history.csv);
+    ``extra_files`` maps a file name in the record to an existing file to copy. ``weights`` is a function
+    that writes the run's weights into the folder it is given (the record's ``weights/``): if it fails (a full
+    disk), the record is still written, as failed with the reason and every metric kept. ``pause`` is a test
+    hook called at 'weights' (weights written) and 'record' (files written, before the folder moves into place).
+    """
+    if metrics.get("status") not in STATUSES:
+        raise ValueError(f"metrics['status'] must be one of {STATUSES}, got {metrics.get('status')!r}")
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    tmp = staging_dir(runs_dir, rid)
+    def without_weights(error: OSError) -> dict:
+        shutil.rmtree(tmp / WEIGHTS, ignore_errors=True)
+        return dict(metrics, status="failed", weights=None,
+                    reason=f"saving the weights into {runs_dir / rid / WEIGHTS} failed ({error}); the metrics "
+                           "are kept, the weights are not: free space and rerun the point")
+
+    if weights is not None:
+        try:
+            weights(tmp / WEIGHTS)
+        except OSError as error:
+            metrics = without_weights(error)
+        if pause is not None:
+            pause("weights")
+    try:
+        _write_record_files(tmp, config, metrics, history, extra_files)
+    except OSError as error:
+        try:  # the weights may have taken the last space: keep the record, as failed, without them
+            if not (tmp / WEIGHTS).exists():
+                raise
+            metrics = without_weights(error)
+            _write_record_files(tmp, config, metrics, history, extra_files)
+        except OSError as final_error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RunsDirError(f"cannot write the record of {rid} into {runs_dir.resolve()} ({final_error}); "
+                               f"its metrics, so that nothing is lost: {json.dumps(metrics, default=str)}"
+                               ) from None
     if pause is not None:
         pause("record")
     final = runs_dir / rid
@@ -280,6 +345,47 @@ def clean_stale_temp(runs_dir: str | os.PathLike, rid: str | None = None) -> lis
     return removed
 
 
+def clean_leftovers(runs_dir: str | os.PathLike) -> list[Path]:
+    """Remove what killed processes left in a runs folder and return it: temporary and trash record folders,
+    the sweep's working notebooks (``.notebooks/<run id>-<pid>.ipynb``), probe folders, locks of dead processes
+    and damaged locks (after a warning naming them), and the temporary weight folders of records made before
+    weights moved into the record (``../.weights/.tmp-<run id>-<pid>``). Only what a dead process left."""
+    runs_dir = Path(runs_dir)
+    removed = clean_stale_temp(runs_dir)
+    if not runs_dir.is_dir():
+        return removed
+
+    def dead(pid: str) -> bool:
+        return pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
+
+    for probe in runs_dir.glob(".probe-*"):
+        if dead(probe.name.split("-")[1]):
+            shutil.rmtree(probe, ignore_errors=True)
+            removed.append(probe)
+    for notebook in (runs_dir / ".notebooks").glob("*.ipynb"):
+        if dead(notebook.stem.rsplit("-", 1)[-1]):
+            notebook.unlink(missing_ok=True)
+            removed.append(notebook)
+    for lock in (runs_dir / ".locks").glob("*.lock"):
+        info = _read_lock(lock)
+        if info is None:
+            continue
+        if info == {}:
+            if _age(lock) < LOCK_WRITE_GRACE_S:
+                continue  # perhaps being written right now
+            warnings.warn(f"removing the damaged lock file {lock} ({_lock_text(lock)!r})", stacklevel=2)
+        elif not _lock_is_stale(info):
+            continue
+        lock.unlink(missing_ok=True)
+        removed.append(lock)
+    legacy = runs_dir.resolve().parent / ".weights"
+    for tmp in legacy.glob(".tmp-*"):
+        if tmp.is_dir() and dead(tmp.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 # --------------------------------------------------------------------------------------------------
 # Locks
 # --------------------------------------------------------------------------------------------------
@@ -301,17 +407,39 @@ def _proc_start(pid: int) -> float | None:
 def _lock_is_stale(info: dict) -> bool:
     if info.get("host") != socket.gethostname():
         return False                      # another machine's process: cannot tell, assume alive
-    start = _proc_start(int(info.get("pid", -1)))
-    return start is None or abs(start - float(info.get("start", 0))) > 1.0
+    start = _proc_start(info["pid"])
+    return start is None or abs(start - float(info.get("start") or 0)) > 1.0
+
+
+LOCK_WRITE_GRACE_S = 5.0  # a lock file younger than this may be half-written by its live owner
 
 
 def _read_lock(path: Path) -> dict | None:
+    """The lock's owner {pid, start, host}; None if there is no lock file; {} if it is damaged (half-written by a
+    process killed mid-write, or anything else that is not an owner record)."""
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        return {}                          # half-written by a process killed mid-write
+        return {}
+    valid = (isinstance(info, dict) and isinstance(info.get("pid"), int) and isinstance(info.get("host"), str)
+             and isinstance(info.get("start"), (int, float, type(None))))
+    return info if valid else {}
+
+
+def _lock_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[:200]
+    except OSError as error:
+        return f"unreadable: {error}"
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 @contextlib.contextmanager
@@ -337,10 +465,12 @@ def run_lock(runs_dir: str | os.PathLike, rid: str) -> Iterator[Path]:
                 yield path                 # our parent sweep holds it for us
                 return
             if info == {}:
-                # Unreadable lock: a writer killed between O_EXCL and write, or one writing right now.
-                age = time.time() - path.stat().st_mtime if path.exists() else 0
-                if age < 5:
-                    raise RunLocked(f"run {rid} is being locked by another process ({path})")
+                # Damaged: a writer killed between O_EXCL and write, one writing right now, or a file someone
+                # edited. Younger than the grace period it may be live; older, it is reported and taken over.
+                if _age(path) < LOCK_WRITE_GRACE_S:
+                    raise RunLocked(f"run {rid} is being locked by another process ({path}); if no other "
+                                    f"process runs it, delete that file or wait {LOCK_WRITE_GRACE_S:g} s")
+                warnings.warn(f"taking over the damaged lock file {path} ({_lock_text(path)!r})", stacklevel=3)
             elif not _lock_is_stale(info):
                 raise RunLocked(f"run {rid} is locked by live process {info.get('pid')} ({path})")
             # Stale: take it over by removing and retrying O_EXCL (only one taker wins).

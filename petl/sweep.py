@@ -63,16 +63,49 @@ def notebook_parameters(notebook: str | os.PathLike = DEFAULT_NOTEBOOK) -> dict[
     return out
 
 
+def _yaml_loader():
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return loader.construct_mapping(node, deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return UniqueKeyLoader
+
+
 def read_grid(path: str | os.PathLike) -> list[dict]:
     """Points (dicts of notebook parameters) of one YAML grid file, in order."""
     import yaml
     path = Path(path)
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise GridError(f"grid file {path} does not exist") from None
+    except IsADirectoryError:
+        raise GridError(f"grid file {path} is a folder; give a .yaml file or a folder of them") from None
+    except UnicodeDecodeError as e:
+        raise GridError(f"grid file {path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
+                        ) from None
+    except OSError as e:
+        raise GridError(f"grid file {path} cannot be read ({e.strerror or e})") from None
+    try:
+        spec = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as e:
-        raise GridError(f"grid file {path} is not valid YAML: {e}") from None
+        raise GridError(f"grid file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if spec is None:
+        raise GridError(f"grid file {path} is empty; give 'fixed' (parameters of every point) and/or 'grid' "
+                        "(lists to combine)")
     if not isinstance(spec, dict):
         raise GridError(f"grid file {path}: expected a mapping with 'fixed' and/or 'grid'")
     unknown = set(spec) - {"fixed", "grid"}
@@ -81,6 +114,11 @@ def read_grid(path: str | os.PathLike) -> list[dict]:
     fixed, grid = spec.get("fixed") or {}, spec.get("grid") or {}
     if not isinstance(fixed, dict) or not isinstance(grid, dict):
         raise GridError(f"grid file {path}: 'fixed' and 'grid' must be mappings")
+    if not fixed and not grid:
+        raise GridError(f"grid file {path} sets no parameter ('fixed' and 'grid' are empty): it would run only "
+                        "the notebook's defaults; name what the points run")
+    if "grid" in spec and not grid:
+        raise GridError(f"grid file {path}: 'grid' is empty; list values to combine, or remove it")
     for name, values in grid.items():
         if not isinstance(values, list) or not values:
             raise GridError(f"grid file {path}: grid.{name} must be a non-empty list, got {values!r}")
@@ -160,18 +198,25 @@ def _failure_reason(runs_dir: Path, rid: str, error: BaseException | None) -> st
 
 
 def _record_named_in(notebook: Path) -> str | None:
-    """The record path the notebook printed ('record: <path>'), if any."""
+    """The record path the notebook printed ('record: <path>' in a cell's output, not its source), if any."""
+    import json
     try:
-        text = notebook.read_text()
-    except OSError:
+        cells = json.loads(notebook.read_text()).get("cells", [])
+    except (OSError, ValueError, AttributeError):
         return None
-    m = re.search(r"record: ([^\\\n\"]+)", text)
-    return m.group(1).strip() if m else None
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            text = output.get("text", "")
+            m = re.search(r"^record: (.+)$", "".join(text) if isinstance(text, list) else text, re.M)
+            if m:
+                return m.group(1).strip()
+    return None
 
 
 def run_point(index: int, total: int, point: dict, rid: str, runs_dir: Path, notebook: Path,
-              force: bool) -> Outcome:
-    """Run one grid point through papermill (under its lock) and report what happened."""
+              force: bool, timeout: float | None = None) -> Outcome:
+    """Run one grid point through papermill (under its lock) and report what happened. `timeout` (seconds)
+    bounds each notebook cell, so the training cell too: a point over it is stopped and reported failed."""
     import papermill
     t0 = time.perf_counter()
     if not force and runs.record_status(runs_dir, rid) == "complete":
@@ -188,9 +233,13 @@ def run_point(index: int, total: int, point: dict, rid: str, runs_dir: Path, not
             try:
                 papermill.execute_notebook(str(notebook), str(out_nb),
                                            parameters={**point, "runs_dir": str(runs_dir), "force": force},
-                                           progress_bar=False, cwd=str(notebook.parent.parent))
+                                           progress_bar=False, cwd=str(notebook.parent.parent),
+                                           execution_timeout=timeout)
             except Exception as e:  # noqa: BLE001 - any failure of one point is reported, the sweep goes on
                 error = e
+                if type(e).__name__ == "CellTimeoutError" or "timed out" in str(e).lower():
+                    error = TimeoutError(f"stopped after the per-point limit of {timeout:g} s "
+                                         "(--timeout); no record was written")
             status = runs.record_status(runs_dir, rid)
             fresh = _mtime(runs_dir / rid) != before
             if status in ("complete", "failed") and fresh and out_nb.exists():
@@ -198,6 +247,8 @@ def run_point(index: int, total: int, point: dict, rid: str, runs_dir: Path, not
             named = _record_named_in(out_nb)
             if out_nb.exists():
                 out_nb.unlink()
+            if isinstance(error, TimeoutError):
+                return Outcome(index, rid, "failed", time.perf_counter() - t0, str(error))
             if status is None and named and Path(named).name != rid:
                 return Outcome(index, rid, "failed", time.perf_counter() - t0,
                                f"the notebook wrote its record as {Path(named).name}, not {rid}: did the code "
@@ -218,14 +269,17 @@ def _mtime(path: Path) -> float | None:
 
 def sweep(paths: list[str | os.PathLike], runs_dir: str | os.PathLike = "runs", force: bool = False,
           dry_run: bool = False, notebook: str | os.PathLike = DEFAULT_NOTEBOOK, jobs: int = 1,
-          log=print) -> list[Outcome]:
-    """Run every point of the grids; return the outcomes (see the module docstring).
+          log=print, timeout: float | None = None) -> list[Outcome]:
+    """Run every point of the grids; return the outcomes (see the module docstring). `timeout` (seconds)
+    stops a point that runs longer (reported failed; the sweep goes on).
 
     ``jobs`` > 1 runs that many points at once, each notebook kernel with cores / jobs threads
     (OMP_NUM_THREADS): on a CPU, small models use cores better as parallel runs than as threads of one run.
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise GridError(f"jobs must be a positive integer, got {jobs!r}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise GridError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
     runs_dir = Path(runs_dir).resolve()
     notebook = Path(notebook).resolve()
     points = plan(paths, notebook, runs_dir)
@@ -237,13 +291,15 @@ def sweep(paths: list[str | os.PathLike], runs_dir: str | os.PathLike = "runs", 
             action = "skip" if status == "complete" and not force else "run"
             log(f"[{i}/{total}] {rid} ... {action} (record: {status})  {point}")
         return outcomes
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    runs.check_writable(runs_dir)
+    for path in runs.clean_leftovers(runs_dir):
+        log(f"removed a leftover of a killed process: {path}")
 
     def one(item):
         i, (point, rid) = item
         if force or runs.record_status(runs_dir, rid) != "complete":
             log(f"[{i}/{total}] {rid} ... running")
-        outcome = run_point(i, total, point, rid, runs_dir, notebook, force)
+        outcome = run_point(i, total, point, rid, runs_dir, notebook, force, timeout)
         detail = f" ({outcome.reason})" if outcome.reason else ""
         log(f"[{i}/{total}] {rid} ... {outcome.status}{detail}, {outcome.seconds:.1f} s")
         return outcome
@@ -273,20 +329,6 @@ def sweep(paths: list[str | os.PathLike], runs_dir: str | os.PathLike = "runs", 
     return outcomes
 
 
-def clean(runs_dir: str | os.PathLike) -> None:
-    """Remove leftovers of killed processes (temporary record folders, notebooks, stale locks)."""
-    runs_dir = Path(runs_dir)
-    runs.clean_stale_temp(runs_dir)
-    nb_dir = runs_dir / ".notebooks"
-    if nb_dir.is_dir():
-        import psutil
-        for f in nb_dir.glob("*.ipynb"):
-            pid = f.stem.rsplit("-", 1)[-1]
-            if pid.isdigit() and not psutil.pid_exists(int(pid)):
-                f.unlink(missing_ok=True)
-    lock_dir = runs_dir / ".locks"
-    if lock_dir.is_dir():
-        for lock in lock_dir.glob("*.lock"):
-            info = runs._read_lock(lock)
-            if info and runs._lock_is_stale(info):
-                lock.unlink(missing_ok=True)
+def clean(runs_dir: str | os.PathLike) -> list[Path]:
+    """Remove what killed processes left in the runs folder (petl.runs.clean_leftovers) and return it."""
+    return runs.clean_leftovers(runs_dir)

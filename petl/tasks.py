@@ -76,6 +76,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 import unicodedata
 import urllib.error
@@ -92,6 +93,7 @@ __all__ = [
     "TaskSpec",
     "TrainDefaults",
     "TaskUnavailableError",
+    "TaskCacheError",
     "get_task",
     "load_task",
     "split_summary",
@@ -106,6 +108,11 @@ SEED = 0
 
 class TaskUnavailableError(RuntimeError):
     """A hub task cannot be loaded here (offline, no cache); the message names the stand-in."""
+
+
+class TaskCacheError(RuntimeError):
+    """A task's cache cannot be built (a full disk) or does not load even when rebuilt; the message
+    names the cache folder and the fix."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,9 +418,11 @@ def load_task(
     """Load a task as a DatasetDict with splits train/validation/test (+ the task's extra splits).
 
     Embedded tasks are built from the asset files once and cached with ``save_to_disk`` (written to a
-    temporary folder, then renamed, so an interrupted build leaves nothing that looks complete).
-    ``asset_dirs`` maps asset names to folders (default: ``petl.assets.ensure``); it is for tests.
-    Hub tasks call ``datasets.load_dataset``; offline they raise :class:`TaskUnavailableError` at once.
+    temporary folder, then renamed, so an interrupted build leaves nothing that looks complete). Each
+    load checks the cache against its manifest (sizes always, a file's sha256 when its size or mtime
+    changed since it last matched); a damaged cache, or one that does not load, is rebuilt, with one
+    line on stderr. ``asset_dirs`` maps asset names to folders (default: ``petl.assets.ensure``); it is
+    for tests. Hub tasks call ``datasets.load_dataset``; offline they raise :class:`TaskUnavailableError`.
     """
     spec = get_task(name)
     if not spec.is_embedded:
@@ -423,16 +432,85 @@ def load_task(
     key = _cache_key(spec.name, folders)
     root = Path(cache_dir) if cache_dir is not None else task_cache_dir()
     target = root / f"{spec.name}-{key}"
-    if target.is_dir() and (target / _COMPLETE).is_file() and not rebuild:
-        return datasets.load_from_disk(str(target))
+    if not rebuild and _cache_problem(target) is None:
+        with contextlib.suppress(_Unreadable):  # the locked path below checks again, then rebuilds
+            return _load_cached(target)
+    try:
+        loaded = _build_unless_usable(spec, builder, folders, root, target, rebuild)
+    except Exception as exc:
+        from petl.assets import _disk_full, _free_space
+
+        if not _disk_full(exc):
+            raise
+        raise TaskCacheError(
+            f"task {spec.name!r}: building its cache in {root} failed, the disk is full ({_free_space(root)}): "
+            f"{exc}. Nothing was kept; free space there, or set PETL_TASK_CACHE (or PETL_ASSETS) to a folder "
+            f"on a disk with room.") from exc
+    if loaded is not None:
+        return loaded
+    try:
+        return _load_cached(target)
+    except _Unreadable as exc:
+        raise TaskCacheError(
+            f"task {spec.name!r}: the cache {target} was just built and checked but does not load ({exc}). "
+            f"Delete that folder and load again, or set PETL_TASK_CACHE to another folder.") from exc
+
+
+def _build_unless_usable(spec: TaskSpec, builder, folders: Mapping[str, Path], root: Path, target: Path,
+                         rebuild: bool) -> datasets.DatasetDict | None:
+    """Under the build lock: the cache loaded if it is sound (another process may have just built it),
+    else None after (re)building it, with one line on stderr saying why a cache that was there is not used."""
     root.mkdir(parents=True, exist_ok=True)
     with _build_lock(root / f".{target.name}.lock"):  # several processes (torchrun ranks) may start at once
-        if rebuild or not (target / _COMPLETE).is_file():  # another process may have built it meanwhile
-            _build_into(spec, builder, folders, root, target)
-    return datasets.load_from_disk(str(target))
+        problem = "a rebuild was asked for" if rebuild else _cache_problem(target)
+        if problem is None:
+            try:
+                return _load_cached(target)
+            except _Unreadable as exc:
+                problem = f"it does not load ({exc})"
+        if target.exists() and not rebuild:
+            print(f"petl.tasks: not using the cache {target}: {problem}; rebuilding it", file=sys.stderr)
+        _build_into(spec, builder, folders, root, target)
+    return None
+
+_COMPLETE = "petl_task_complete.json"  # split sizes and label counts, for people
+# Every file of the built cache with its size and sha256; written last, so it also marks a finished build.
+_MANIFEST = "petl_task_manifest.json"
+_MANIFEST_FORMAT = 1
+_VERIFIED = ".petl_task_verified.json"  # [size, mtime_ns, sha256] of each file when its hash last matched
 
 
-_COMPLETE = "petl_task_complete.json"
+class _Unreadable(Exception):
+    """``datasets.load_from_disk`` failed on a cache folder that passed the manifest check."""
+
+
+def _cache_problem(target: Path) -> str | None:
+    """Why the cache folder ``target`` cannot be used as it is, or None when it can.
+
+    Sizes are compared with the manifest every time (a ``stat`` per file); a file's sha256 only when
+    its size or mtime changed since it last matched, so a normal load reads no file contents.
+    """
+    from petl.assets import _check_files, _manifest_entries, _read_json
+
+    if not target.is_dir():
+        return "it is not built"
+    manifest = _read_json(target / _MANIFEST)
+    if manifest is None:
+        if (target / _COMPLETE).is_file():
+            return f"it was built before caches had a manifest of their files ({_MANIFEST})"
+        return f"its build did not finish (no {_MANIFEST})"
+    entries = _manifest_entries(manifest) if manifest.get("format") == _MANIFEST_FORMAT else None
+    if entries is None:
+        return f"its {_MANIFEST} is not of format {_MANIFEST_FORMAT} with a valid file list"
+    return _check_files(target, entries, _VERIFIED)
+
+
+def _load_cached(target: Path) -> datasets.DatasetDict:
+    """``load_from_disk``, with any failure (pyarrow's ``OSError`` on a cut file, a bad json) as ``_Unreadable``."""
+    try:
+        return datasets.load_from_disk(str(target))
+    except Exception as exc:
+        raise _Unreadable(f"{type(exc).__name__}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -454,9 +532,12 @@ def _build_lock(path: Path):
 def _build_into(spec: TaskSpec, builder, folders: Mapping[str, Path], root: Path, target: Path) -> None:
     """Build, save to a temporary folder beside ``target``, fsync, then rename it into place.
 
-    The completion marker is written last inside the temporary folder, so ``target`` either does not
-    exist or is complete; a killed build leaves only a ``.<name>.tmp-*`` folder, removed by the next.
+    The manifest (every file with its size and sha256) is written last inside the temporary folder,
+    so ``target`` either does not exist or is complete; a killed build leaves only a
+    ``.<name>.tmp-*`` folder, removed by the next.
     """
+    from petl.assets import _file_entries, _write_json
+
     for stale in root.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     dsd = builder(folders)
@@ -471,6 +552,9 @@ def _build_into(spec: TaskSpec, builder, folders: Mapping[str, Path], root: Path
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+        entries, records = _file_entries(tmp)
+        _write_json(tmp / _MANIFEST, {"format": _MANIFEST_FORMAT, "task": spec.name, "files": entries})
+        _write_json(tmp / _VERIFIED, {"files": records}, durable=False)  # just hashed: the next load only stats
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

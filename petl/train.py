@@ -187,6 +187,54 @@ class TrainConfig:
         return TrainConfig(**values).validate()
 
 
+#: Parameters of notebooks/train.ipynb that are not TrainConfig fields.
+NOTEBOOK_ONLY = ("runs_dir", "force")
+#: Names IPython itself puts into a notebook's namespace.
+_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+_OVERRIDES_HOW = ("pass a mapping of PETLConfig fields: -y 'overrides: {attn_bn: 16}' or "
+                  "-p overrides '{\"attn_bn\": 16}'")
+
+
+def notebook_config(namespace: dict) -> tuple[TrainConfig, str, bool]:
+    """(TrainConfig, runs_dir, force) from the parameters of notebooks/train.ipynb: its namespace after
+    papermill's injected cell. A name that is not a parameter (a misspelled `-p max_step 2`) raises ValueError
+    naming the valid ones, instead of running the default budget; `overrides` may arrive as a mapping (`-y`)
+    or as a JSON / YAML string (`-p`)."""
+    import difflib
+    import inspect
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    valid = fields + list(NOTEBOOK_ONLY)
+    unknown = sorted(name for name, value in namespace.items()
+                     if not name.startswith("_") and name not in valid and name not in _IPYTHON_NAMES
+                     and not inspect.ismodule(value) and not callable(value))
+    if unknown:
+        hints = [f"{n!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(n, valid, 1)) else
+                 repr(n) for n in unknown]
+        raise ValueError(f"unknown notebook parameter(s) {', '.join(hints)}; valid: {', '.join(valid)}")
+    values = {name: namespace[name] for name in fields if name in namespace}
+    values["overrides"] = _overrides(values.get("overrides"))
+    config = TrainConfig(**values).validate()
+    return config, str(namespace.get("runs_dir", "runs")), bool(namespace.get("force", False))
+
+
+def _overrides(value):
+    """overrides as a dict (or None): a JSON / YAML string is parsed (papermill's -p passes strings)."""
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        import yaml
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = value
+        if parsed is None or isinstance(parsed, dict):
+            return parsed
+    raise ValueError(f"overrides={value!r} is not a mapping; {_OVERRIDES_HOW}")
+
+
 def valid_names() -> dict[str, list[str]]:
     """The valid variant, task and model names (models: the named ones; a saved-model folder or a hub
     name also works where the hub or its cache has it)."""
@@ -283,8 +331,12 @@ class RunRecord:
 
     @property
     def weights_path(self) -> Path | None:
+        """The run's saved method: the record's weights/ folder (or, for records made before weights moved into
+        the record, ``<runs dir>/../.weights/<run id>``); None when the run saved none."""
         w = self.metrics.get("weights")
-        return (self.path.parent.resolve().parent / w) if w else None
+        if not w:
+            return None
+        return self.path / w if w == runs.WEIGHTS else self.path.parent.resolve().parent / w
 
     @classmethod
     def load(cls, path) -> "RunRecord":
@@ -348,6 +400,10 @@ def _decay_groups(model, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (no_decay if p.dim() < 2 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class RunConfigError(ValueError):
+    """A configuration that cannot train, found before the first step (e.g. fewer examples than one batch)."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -416,11 +472,11 @@ def train(config: TrainConfig | dict, runs_dir: str | os.PathLike = "runs", forc
         return RunRecord.load(runs_dir / rid)
     if rank != 0:                      # only process 0 locks and writes; the others just train
         return _run(config.resolved(), resolved, runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    runs.check_writable(runs_dir)      # before training: a finished run must not die on its way to disk
     with runs.run_lock(runs_dir, rid):
         if not force and runs.record_status(runs_dir, rid) == "complete":   # finished while we waited
             return RunRecord.load(runs_dir / rid)
-        runs.clean_stale_temp(runs_dir)        # leftovers of killed runs (their processes are gone)
+        runs.clean_leftovers(runs_dir)         # what killed runs left (their processes are gone)
         return _run(config.resolved(), resolved, runs_dir)
 
 
@@ -472,6 +528,11 @@ def _run(cfg: TrainConfig, resolved: dict, runs_dir: Path) -> RunRecord:
     eval_collate = (D.collator if spec.kind == "classification" else D.generation_collator)(spec, tokenizer, family)
     eval_loaders = {s: DataLoader(enc[s], batch_size=eval_bs, shuffle=False, collate_fn=eval_collate)
                     for s in ("validation", *test_splits)}
+    if len(train_loader) == 0:  # drop_last: fewer examples than one batch would never give a step
+        raise RunConfigError(f"the training set has {len(enc['train'])} examples (max_train_examples="
+                         f"{cfg.max_train_examples}), fewer than one batch (batch_size={cfg.batch_size}): set "
+                         f"batch_size to at most {len(enc['train'])} or max_train_examples to at least "
+                         f"{cfg.batch_size}")
     steps_per_epoch = max(len(train_loader) // cfg.grad_accum, 1)
     max_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     eval_every = cfg.eval_every or max(max_steps // 5, 1)
@@ -551,10 +612,7 @@ def _run(cfg: TrainConfig, resolved: dict, runs_dir: Path) -> RunRecord:
             params[name].copy_(value)
     tests = {s: evaluate(model, eval_loaders[s], spec, family, cfg, accelerator, tokenizer) for s in test_splits}
 
-    weights_rel = None
-    if cfg.save_weights and main:
-        weights_rel = _save_weights(net, runs_dir, rid)
-
+    save = (lambda folder: _save_weights(net, folder)) if cfg.save_weights and main else None
     metrics = {
         "status": "complete", "dev": best["dev"], **tests, "best_step": best["step"],
         "primary_metric": primary, "steps": step, "parameters": report,
@@ -562,39 +620,30 @@ def _run(cfg: TrainConfig, resolved: dict, runs_dir: Path) -> RunRecord:
         "train_tokens": train_tokens, "tokens_per_s": train_tokens / max(train_time, 1e-9),
         "peak_rss_mb": _peak_rss_mb(),
         "peak_gpu_mb": (torch.cuda.max_memory_allocated() / 2**20) if accelerator.device.type == "cuda" else None,
-        "weights": weights_rel, "num_examples": {s: len(raw[s]) for s in raw},
+        "weights": runs.WEIGHTS if save else None, "num_examples": {s: len(raw[s]) for s in raw},
     }
-    return _finish(accelerator, runs_dir, resolved, metrics, history)
+    return _finish(accelerator, runs_dir, resolved, metrics, history, save)
 
 
-def _finish(accelerator, runs_dir, resolved, metrics, history) -> RunRecord:
-    """Process 0 writes the record atomically; every process returns it."""
+def _finish(accelerator, runs_dir, resolved, metrics, history, save=None) -> RunRecord:
+    """Process 0 writes the record, with the weights inside it (`save` writes them), atomically; every process
+    returns it."""
     rid = resolved["run_id"]
     if accelerator.is_main_process:
         config = {"run_id": rid, "train": resolved["train"], "petl": resolved["petl"],
                   "computation": resolved["computation"],
                   "versions": runs.package_versions(), "git": runs.git_commit(),
                   "device": runs.device_info(accelerator.device, accelerator.num_processes)}
-        runs.write_record(runs_dir, rid, config, metrics, history, pause=_pause)
+        runs.write_record(runs_dir, rid, config, metrics, history, pause=_pause, weights=save)
     accelerator.wait_for_everyone()
     return RunRecord.load(Path(runs_dir) / rid)
 
 
-def _save_weights(net, runs_dir: Path, rid: str) -> str:
-    """petl.save the method (and head) weights into .weights/<run id> via a temporary folder."""
-    import shutil
-
+def _save_weights(net, folder: Path) -> None:
+    """petl.save the method (and head) weights into the record's weights/ folder (still in its staging folder:
+    the record and its weights move into place together)."""
     import petl
-    final = runs.weights_dir(runs_dir, rid)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{rid}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    petl.save(net, tmp)
-    _pause("weights")
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    return os.path.relpath(final, runs_dir.resolve().parent)
+    petl.save(net, folder)
 
 
 def _head(dataset, n: int | None):
@@ -602,10 +651,16 @@ def _head(dataset, n: int | None):
 
 
 def _forever(loader):
-    """Cycle through the training loader (a new shuffle each epoch)."""
+    """Cycle through the training loader (a new shuffle each epoch); an epoch without a batch is an error, not an
+    endless loop."""
     epoch = 0
     while True:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
-        yield from loader
+        batches = 0
+        for batch in loader:
+            batches += 1
+            yield batch
+        if batches == 0:
+            raise RuntimeError("the training loader gave no batch in a whole epoch (fewer examples than one batch)")
         epoch += 1

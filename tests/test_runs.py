@@ -165,3 +165,6 @@ def test_records_of_changed_method_code_are_superseded():
     assert config_hash(new_lora) == config_hash(dict(old_lora, train={"task": "t"}))  # ... under the same id
     new_houlsby = {"train": {"task": "t"}, "petl": petl.resolve("houlsby").to_dict(), "computation": 2}
     assert config_hash(new_houlsby) != config_hash(dict(old_houlsby, train={"task": "t"}))
+    mh_pa = {"train": {"task": "t"}, "petl": petl.resolve("mh_pa").to_dict()}
+    assert superseded(dict(mh_pa, computation=2)) and not superseded(dict(mh_pa, computation=3))  # its query changed
+    assert config_hash(dict(mh_pa, computation=2)) != config_hash(dict(mh_pa, computation=3))

@@ -30,7 +30,8 @@ def _grid(path, fixed, grid=None):
 def test_notebook_parameters_cell_lists_the_train_config():
     params = sweep.notebook_parameters(NOTEBOOK)
     assert params["variant"] == "mam" and params["task"] == "rt-polarity" and params["model"] == "minilm"
-    assert {"max_steps", "epochs", "lr", "batch_size", "seed", "overrides", "runs_dir", "force"} <= set(params)
+    assert {"max_steps", "epochs", "lr", "batch_size", "seed", "overrides", "runs_dir", "force",
+            "eval_batch_size", "max_source_length", "num_beams"} <= set(params)
 
 
 def test_papermill_runs_the_notebook_and_writes_the_record(tiny, tmp_path):

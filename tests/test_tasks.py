@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -247,6 +248,133 @@ def test_missing_asset_files_fail_clearly(fake_assets, tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="bbcnews"):
         tasks.load_task("bbc-xsum", cache_dir=tmp_path / "c", asset_dirs={**fake_assets, "bbc-news": empty})
+
+
+# ---- integrity of the built cache ----
+
+
+def _cached(tmp_path, name="rt-polarity"):
+    return next((tmp_path / "cache").glob(f"{name}-*"))
+
+
+def _arrow(folder, split="train"):
+    return next((folder / split).glob("*.arrow"))
+
+
+def test_cache_manifest_lists_every_file_with_size_and_sha256(fake_assets, tmp_path):
+    import hashlib
+
+    _load("rt-polarity", fake_assets, tmp_path)
+    folder = _cached(tmp_path)
+    manifest = json.loads((folder / tasks._MANIFEST).read_text())
+    listed = {e["path"]: e for e in manifest["files"]}
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert set(listed) == on_disk - {tasks._MANIFEST, tasks._VERIFIED}
+    assert tasks._COMPLETE in listed and "train/dataset_info.json" in listed
+    for rel, e in listed.items():
+        data = (folder / rel).read_bytes()
+        assert (e["size"], e["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_truncated_arrow_file_is_rebuilt_with_one_line(fake_assets, tmp_path, capsys):
+    want = _load("rt-polarity", fake_assets, tmp_path)["train"].to_dict()  # read now: the cache is memory-mapped
+    arrow = _arrow(_cached(tmp_path))
+    size = arrow.stat().st_size
+    arrow.write_bytes(arrow.read_bytes()[: size // 2])
+    capsys.readouterr()
+    again = _load("rt-polarity", fake_assets, tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"petl.tasks: not using the cache {arrow.parents[1]}: ")
+    assert f"train/{arrow.name} is {size // 2:,} bytes, the manifest says {size:,}; rebuilding it" in err[0]
+    assert again["train"].to_dict() == want
+
+
+def test_same_size_damage_is_hashed_when_mtime_changes(fake_assets, tmp_path, capsys):
+    want = _load("rt-polarity", fake_assets, tmp_path)["test"].to_dict()
+    arrow = _arrow(_cached(tmp_path), "test")
+    data = bytearray(arrow.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # the middle of the column data: still loads
+    arrow.write_bytes(bytes(data))
+    st = arrow.stat()
+    os.utime(arrow, ns=(st.st_atime_ns, st.st_mtime_ns + 10**10))
+    capsys.readouterr()
+    again = _load("rt-polarity", fake_assets, tmp_path)
+    assert f"test/{arrow.name} has the manifest's size but not its sha256" in capsys.readouterr().err
+    assert again["test"].to_dict() == want
+
+
+def test_normal_load_does_not_hash(fake_assets, tmp_path, monkeypatch):
+    from petl import assets
+
+    _load("rt-polarity", fake_assets, tmp_path)
+    monkeypatch.setattr(assets, "_sha256", lambda p: pytest.fail(f"hashed {p} on a normal load"))
+    for _ in range(2):
+        assert len(_load("rt-polarity", fake_assets, tmp_path)["test"]) == 7
+
+
+def test_cache_that_pyarrow_cannot_read_is_rebuilt_not_a_raw_oserror(fake_assets, tmp_path, capsys):
+    """A cut arrow file whose manifest entry matches it (damage the manifest cannot see) fails inside
+    pyarrow; that failure leads to a rebuild, not to pyarrow's OSError."""
+    import hashlib
+
+    want = _load("rt-polarity", fake_assets, tmp_path)["train"].to_dict()
+    folder = _cached(tmp_path)
+    arrow = _arrow(folder)
+    cut = arrow.stat().st_size // 2  # inside the record batch's body: pyarrow raises OSError
+    arrow.write_bytes(arrow.read_bytes()[:cut])
+    manifest = json.loads((folder / tasks._MANIFEST).read_text())
+    for e in manifest["files"]:
+        if e["path"] == f"train/{arrow.name}":
+            e.update(size=cut, sha256=hashlib.sha256(arrow.read_bytes()).hexdigest())
+    (folder / tasks._MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(OSError, match="Expected to be able to read"):  # a raw load of this folder
+        datasets.load_from_disk(str(folder))
+    capsys.readouterr()
+    again = _load("rt-polarity", fake_assets, tmp_path)
+    assert "it does not load (OSError: Expected to be able to read" in capsys.readouterr().err
+    assert again["train"].to_dict() == want
+
+
+def test_cache_that_never_loads_is_one_clear_error(fake_assets, tmp_path, monkeypatch):
+    _load("rt-polarity", fake_assets, tmp_path)
+
+    def cut(path, *args, **kwargs):
+        raise OSError("Expected to be able to read 4096 bytes for message body, got 200")
+
+    monkeypatch.setattr(tasks.datasets, "load_from_disk", cut)
+    with pytest.raises(tasks.TaskCacheError) as info:
+        _load("rt-polarity", fake_assets, tmp_path)
+    msg = str(info.value)
+    assert str(_cached(tmp_path)) in msg and "Expected to be able to read" in msg
+    assert "Delete that folder" in msg and "PETL_TASK_CACHE" in msg
+    assert not isinstance(info.value, OSError)
+
+
+def test_cache_built_before_manifests_is_rebuilt(fake_assets, tmp_path, capsys):
+    _load("rt-polarity", fake_assets, tmp_path)
+    folder = _cached(tmp_path)
+    (folder / tasks._MANIFEST).unlink()  # what the previous builds left: the summary file only
+    capsys.readouterr()
+    assert len(_load("rt-polarity", fake_assets, tmp_path)["test"]) == 7
+    assert "built before caches had a manifest of their files" in capsys.readouterr().err
+    assert (folder / tasks._MANIFEST).is_file()
+
+
+def test_full_disk_during_build_names_the_folder_and_fix(fake_assets, tmp_path, monkeypatch):
+    import errno
+
+    def save_then_fill(self, path, *args, **kwargs):
+        (Path(path) / "train").mkdir(parents=True)
+        (Path(path) / "train" / "data-00000-of-00001.arrow").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tasks.datasets.DatasetDict, "save_to_disk", save_then_fill)
+    with pytest.raises(tasks.TaskCacheError) as info:
+        _load("rt-polarity", fake_assets, tmp_path)
+    msg = str(info.value)
+    assert f"building its cache in {tmp_path / 'cache'} failed, the disk is full (" in msg and " MB free)" in msg
+    assert "set PETL_TASK_CACHE (or PETL_ASSETS) to a folder on a disk with room" in msg
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
 
 
 # ---- the real embedded assets (when already fetched) ----

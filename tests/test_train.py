@@ -155,7 +155,7 @@ def _wait_for(flag, proc, timeout=300):
 def test_sigkill_at_any_phase_leaves_no_counted_record_and_a_rerun_completes(tiny, tmp_path, phase, force):
     runs_dir = tmp_path / "runs"
     other = train(_cfg(tiny, seed=5), runs_dir=runs_dir)             # a finished record that must stay as is
-    other_bytes = {f.name: f.read_bytes() for f in other.path.iterdir()}
+    other_bytes = {f.relative_to(other.path): f.read_bytes() for f in other.path.rglob("*") if f.is_file()}
     victim = _cfg(tiny)
     rid = resolve_run(victim)["run_id"]
     if force:                                                        # killed while replacing a record
@@ -170,7 +170,7 @@ def test_sigkill_at_any_phase_leaves_no_counted_record_and_a_rerun_completes(tin
     df = runs.load_runs(runs_dir)
     assert list(df["run_id"]) == [other.run_id]                     # the killed run does not count
     assert runs.record_status(runs_dir, rid) is None
-    assert {f.name: f.read_bytes() for f in other.path.iterdir()} == other_bytes
+    assert {f.relative_to(other.path): f.read_bytes() for f in other.path.rglob("*") if f.is_file()} == other_bytes
     rerun = train(victim, runs_dir=runs_dir)                         # the stale lock is taken over
     assert rerun.status == "complete"
     assert sorted(runs.load_runs(runs_dir)["run_id"]) == sorted([other.run_id, rid])

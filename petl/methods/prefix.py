@@ -12,8 +12,13 @@ attn_option picks the form (reference option names):
     cross_attn       as cross_attn_noln, the prefix query W_q · LayerNorm(h) from the attention's input h (one
                      LayerNorm over d_model per attention module), scaled, as the reference computes it
     cross_attn_relu  ReLU(q P_kᵀ) P_v added per head: the multi-head parallel adapter (Table 1); q is
-                     W_q · LayerNorm(h) unscaled (the reference's BART, RoBERTa) or the attention's own scaled
-                     query (its mBART): PETLConfig.mh_adapter_query
+                     W_q · LayerNorm(h) unscaled (the reference's BART) or the attention's own scaled query (its
+                     mBART and RoBERTa): PETLConfig.mh_adapter_query
+
+'gate_add' on every architecture is what the reference's BART computes, with λ from the scaled logits. The
+reference's RoBERTa cannot run it (it reads the key length from the head axis, a shape error) and, past that,
+would gate against unscaled logits and discard the gated output; tests/reference_spec.py DOCUMENTED_DIFFERENCES
+checks petl against that code with those three lines fixed.
 
 Prefixes are separate for encoder self-attention, decoder self-attention and cross-attention, each produced by
 its own re-parameterisation MLP (attn_mode='prefix': embedding l×d -> Linear(d, mid_dim) -> tanh ->
