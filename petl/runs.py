@@ -159,8 +159,12 @@ def package_versions() -> dict:
     return out
 
 
+GIT_COMMIT_VAR = "PETL_GIT_COMMIT"  # the commit of a copy without .git (a GPU machine's), passed in by whoever copied it
+
+
 def git_commit() -> dict:
-    """Commit of the code that ran (and whether the tree had uncommitted changes); None outside git."""
+    """Commit of the code that ran (and whether the tree had uncommitted changes). Outside git, the commit named
+    by $PETL_GIT_COMMIT (dirty unknown), else None."""
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
@@ -169,7 +173,8 @@ def git_commit() -> dict:
                                capture_output=True, text=True, timeout=10).stdout.strip() != ""
         return {"commit": sha, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        passed = os.environ.get(GIT_COMMIT_VAR, "").strip() or None
+        return {"commit": passed, "dirty": None, **({"commit_from": GIT_COMMIT_VAR} if passed else {})}
 
 
 def device_info(device: Any = None, num_processes: int = 1) -> dict:

@@ -26,11 +26,12 @@ batch_size / N examples per step, ``split_batches=True``), only process 0 writes
     torchrun --nproc_per_node 2 -m petl train --variant lora --task sst2 --model roberta-base
     accelerate launch --num_processes 2 -m petl train --variant lora ...
 
-bf16 on CPU (``bf16='auto'``): autocast to bf16 only where the CPU computes it natively (``avx512_bf16``
-or ``amx_bf16`` in /proc/cpuinfo) or on a CUDA GPU with bf16. Measured on this project's 2-core AMD EPYC
-(AVX2, no bf16 instructions), torch 2.13: a 2048^3 matmul takes 0.43 s in fp32 and 79 s in bf16, and a
-MiniLM training step (batch 32 x 64) 5-13 s fp32 against 50-69 s under bf16 autocast (machine shared, so
-noisy; the ratio is not). So 'auto' resolves to False here; set ``bf16=True`` to force it.
+bf16 (``bf16='auto'``): autocast to bf16 on a CUDA GPU with bf16, never by default on a CPU, so that the same
+command gives the same run id and the same numbers on every CPU (an AVX512-BF16 machine would otherwise train
+in another precision than an AVX2 one). ``bf16=True`` opts in on a CPU; the record's resolved ``train.bf16``
+says which precision its numbers came from. Measured on this project's 2-core AMD EPYC (AVX2, no bf16
+instructions), torch 2.13: a 2048^3 matmul takes 0.43 s in fp32 and 79 s in bf16, and a MiniLM training step
+(batch 32 x 64) 5-13 s fp32 against 50-69 s under bf16 autocast (machine shared, so noisy; the ratio is not).
 
 Threads: on a machine whose cores are shared with other busy processes, torch's OpenMP threads lose
 badly (measured: 4.4 s/step with 2 threads vs 1.1 s/step with ``OMP_NUM_THREADS=1`` for a frozen MiniLM,
@@ -102,7 +103,7 @@ class TrainConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None  # cap on dev examples used for evaluation / model selection
     max_test_examples: int | None = None
-    bf16: Any = "auto"                   # 'auto': bf16 autocast where the hardware has native bf16
+    bf16: Any = "auto"                   # 'auto': bf16 autocast on a GPU with bf16, fp32 on every CPU
     warmup: float | None = None          # warmup as a fraction of max_steps
     label_smoothing: float | None = None
     weight_decay: float | None = None
@@ -273,19 +274,13 @@ def task_spec(name: str):
 
 
 def use_bf16(choice, device_type: str | None = None) -> bool:
-    """Resolve bf16='auto': True where the hardware computes bf16 natively (CUDA with bf16, or a CPU with
-    AVX512-BF16 / AMX); False otherwise (on AVX2-only CPUs autocast to bf16 is slower than fp32)."""
+    """Resolve bf16='auto': True on a CUDA GPU that computes bf16, False on every CPU (the same precision, run id
+    and numbers whatever the CPU's instructions; bf16=True opts in)."""
     if choice is True or choice is False:
         return choice
     import torch
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return device_type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def resolve_run(config: TrainConfig) -> dict:

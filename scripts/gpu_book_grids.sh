@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run grid points of the book on a CUDA machine that has no internet, several workers at once on one GPU.
 #
-#   OUT=/some/folder WORKERS=6 LIMIT_S=420 bash scripts/gpu_book_grids.sh book/grids-gpu/gen_xsum.yaml ...
+#   PETL_GIT_COMMIT=<commit> OUT=/some/folder WORKERS=6 LIMIT_S=420 bash scripts/gpu_book_grids.sh book/grids-gpu/gen_xsum.yaml ...
+#
+# The machine's copy has no .git: PETL_GIT_COMMIT (the commit the copy was made from) goes into every record.
 #
 # Assets come from $PETL_ASSETS (complete asset folders carried from a machine that fetched them) or are
 # installed from distribution files in $PETL_ASSET_FILES (sha256-checked, as `petl.assets` does everywhere).
@@ -20,6 +22,7 @@ work=$(mktemp -d)
 LOG="$work/grid.log"
 {
   date -u +"start %Y-%m-%dT%H:%M:%SZ"
+  [ -n "${PETL_GIT_COMMIT:-}" ] || echo "warning: PETL_GIT_COMMIT is not set and this copy has no .git: records will name no commit"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
   "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
   # every model and task the grids name, installed (or checked) once before the workers start

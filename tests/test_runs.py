@@ -168,3 +168,17 @@ def test_records_of_changed_method_code_are_superseded():
     mh_pa = {"train": {"task": "t"}, "petl": petl.resolve("mh_pa").to_dict()}
     assert superseded(dict(mh_pa, computation=2)) and not superseded(dict(mh_pa, computation=3))  # its query changed
     assert config_hash(dict(mh_pa, computation=2)) != config_hash(dict(mh_pa, computation=3))
+
+
+def test_a_copy_without_git_records_the_commit_it_is_told(tmp_path, monkeypatch):
+    import subprocess as sp
+    from petl import runs as r
+
+    def no_git(*args, **kwargs):
+        raise sp.CalledProcessError(128, "git")
+
+    monkeypatch.setattr(r.subprocess, "run", no_git)
+    monkeypatch.delenv(r.GIT_COMMIT_VAR, raising=False)
+    assert r.git_commit() == {"commit": None, "dirty": None}
+    monkeypatch.setenv(r.GIT_COMMIT_VAR, "abc123")
+    assert r.git_commit() == {"commit": "abc123", "dirty": None, "commit_from": "PETL_GIT_COMMIT"}

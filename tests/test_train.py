@@ -191,3 +191,10 @@ def test_torchrun_with_two_gloo_processes(tiny, tmp_path):
     row = df.iloc[0]
     assert row["device.num_processes"] == 2 and row["steps"] == 2
     assert row["num_examples.test"] == 16 and 0 <= row["test.accuracy"] <= 100
+
+
+def test_bf16_auto_is_fp32_on_every_cpu_and_opt_in_there():
+    from petl.train import use_bf16
+    assert use_bf16("auto", "cpu") is False                         # whatever the CPU's instructions
+    assert use_bf16(True, "cpu") is True and use_bf16(False, "cuda") is False
+    assert TrainConfig(variant="lora").resolved().bf16 is False     # so the README's run ids hold on any CPU
