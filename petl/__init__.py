@@ -13,6 +13,7 @@ from importlib import import_module
 _EXPORTS = {
     "PETLConfig": "petl.config", "PRESETS": "petl.config", "resolve": "petl.config",
     "apply": "petl.core", "config_of": "petl.core", "merge": "petl.core", "unmerge": "petl.core",
+    "unload": "petl.core",
     "parameter_report": "petl.accounting", "save": "petl.io", "load": "petl.io",
 }
 

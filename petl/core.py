@@ -135,6 +135,20 @@ def merge(model: nn.Module) -> nn.Module:
     return model
 
 
+def unload(model: nn.Module) -> nn.Module:
+    """After `merge`: take the method off, so that the model is a plain transformers model again (its state_dict
+    holds no petl.* tensor, save_pretrained writes the stock model with the updates folded in). Refused while a
+    delta is not merged, since unloading it would drop what it learned."""
+    modules = modules_of(model)
+    unmerged = sorted(name for name, delta in modules.deltas.items() if not getattr(delta, "merged", False))
+    if unmerged:
+        raise ValueError(f"unload drops the method: merge it first (petl.merge); not merged: {unmerged[:3]}"
+                         f"{' ...' if len(unmerged) > 3 else ''}")
+    modules.detach()
+    delattr(model, ATTRIBUTE)
+    return model
+
+
 @torch.no_grad()
 def unmerge(model: nn.Module) -> nn.Module:
     """Undo `merge`: subtract the updates again and put the hooks back."""

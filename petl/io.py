@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from petl.config import PETLConfig
-from petl.files import sha256 as _sha256
 from petl.core import ATTRIBUTE, apply, config_of, head_parameters, modules_of
+from petl.files import sha256 as _sha256
 
 FORMAT = 2
 FORMATS = (1, 2)  # what load reads: 1 without a checksum of the weights, 2 with one
@@ -46,20 +46,34 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.detach().to("cpu").contiguous() for name, t in named.items()}
 
 
-def save(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write the method's weights (safetensors) and config (JSON) to `directory`, atomically."""
+def save(model: nn.Module, directory: str | os.PathLike, peft: bool | None = None) -> Path:
+    """Write the method's weights (safetensors) and config (JSON) to `directory`, atomically; readable by others
+    (0755 / 0644), as a shared cluster needs.
+
+    peft: also write PEFT's adapter_config.json + adapter_model.safetensors (petl.peft_format), so that
+    ``PeftModel.from_pretrained(base, directory)`` computes the same: None where the method has an exact PEFT
+    form (LoRA), True to require it (ValueError with the reason otherwise), False never.
+    """
+    from petl import peft_format
     config = config_of(model)
     if config is None:
         raise ValueError("this model has no petl method attached; nothing to save")
+    refusal = peft_format.export_refusal(config, model) if peft is not False else None
+    if peft is True and refusal:
+        raise ValueError(f"cannot write this method in PEFT's format: {refusal}")
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        os.chmod(staging, 0o755)  # mkdtemp makes it private to its owner
         save_file(_tensors(model), staging / WEIGHTS)
         meta = dict(format=FORMAT, petl=config.to_dict(), base_model=fingerprint(model),
                     weights_sha256=_sha256(staging / WEIGHTS))
         (staging / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if peft is not False and refusal is None:
+            peft_format.write(model, staging)
         for path in staging.iterdir():
+            os.chmod(path, 0o644)  # safetensors writes 0600
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
         old = None
@@ -120,7 +134,11 @@ def _load_weights(directory: str | os.PathLike, meta: dict) -> dict[str, torch.T
 
 
 def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
-    """Attach (if needed) and load a saved method into a stock model of the same architecture and size."""
+    """Attach (if needed) and load a saved method into a stock model of the same architecture and size. A folder
+    that PEFT wrote (LoRA on exactly petl's sites) loads too."""
+    from petl import peft_format
+    if not (Path(directory) / CONFIG).is_file() and peft_format.is_peft_folder(directory):
+        return peft_format.load(model, directory)
     meta = _read_meta(directory)
     config, saved = read_config(directory)
     current = fingerprint(model)
