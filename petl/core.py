@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -105,6 +107,8 @@ def apply(model: nn.Module, variant_or_config: "str | PETLConfig | dict" = "mam"
     model.add_module(ATTRIBUTE, modules)
     modules.train(model.training)  # the model's train() / eval() governs the method's modules from here on
     modules.attach()
+    if callable(getattr(model, "save_pretrained", None)):
+        model.save_pretrained = types.MethodType(_save_pretrained_with_method, model)
     if config.prefix_attention:
         prefix.register_attention()
         model.set_attn_implementation(prefix.ATTENTION_NAME)
@@ -135,6 +139,21 @@ def merge(model: nn.Module) -> nn.Module:
     return model
 
 
+SAVED_METHOD = "petl"  # the folder save_pretrained writes the method into, beside the model's own files
+
+
+def _save_pretrained_with_method(model: nn.Module, save_directory, *args, **kwargs):
+    """save_pretrained of a model carrying a petl method (Trainer.save_model and its checkpoints call it): the
+    transformers files as usual (the method's tensors among them, so a Trainer resumes with them), and the method
+    in petl's format in <save_directory>/petl, so `from_pretrained(folder)` + `petl.load(model, folder)` restores
+    it; from_pretrained alone would drop the method's tensors as unexpected."""
+    from petl.io import save
+    result = type(model).save_pretrained(model, save_directory, *args, **kwargs)
+    if kwargs.get("is_main_process", True):
+        save(model, Path(save_directory) / SAVED_METHOD)
+    return result
+
+
 def unload(model: nn.Module) -> nn.Module:
     """After `merge`: take the method off, so that the model is a plain transformers model again (its state_dict
     holds no petl.* tensor, save_pretrained writes the stock model with the updates folded in). Refused while a
@@ -146,6 +165,7 @@ def unload(model: nn.Module) -> nn.Module:
                          f"{' ...' if len(unmerged) > 3 else ''}")
     modules.detach()
     delattr(model, ATTRIBUTE)
+    model.__dict__.pop("save_pretrained", None)
     return model
 
 

@@ -135,8 +135,12 @@ def _load_weights(directory: str | os.PathLike, meta: dict) -> dict[str, torch.T
 
 def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Attach (if needed) and load a saved method into a stock model of the same architecture and size. A folder
-    that PEFT wrote (LoRA on exactly petl's sites) loads too."""
+    that PEFT wrote (LoRA on exactly petl's sites) loads too, and so does a save_pretrained folder of a petl
+    model (its method is in <folder>/petl)."""
     from petl import peft_format
+    from petl.core import SAVED_METHOD
+    if not (Path(directory) / CONFIG).is_file() and (Path(directory) / SAVED_METHOD / CONFIG).is_file():
+        directory = Path(directory) / SAVED_METHOD  # a save_pretrained folder: the method is in its petl/
     if not (Path(directory) / CONFIG).is_file() and peft_format.is_peft_folder(directory):
         return peft_format.load(model, directory)
     meta = _read_meta(directory)

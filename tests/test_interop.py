@@ -105,3 +105,31 @@ def test_merge_then_unload_gives_a_plain_model(tmp_path):
     with pytest.raises(ValueError, match="no petl method"):
         modules_of(plain)
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["model_type"] == "bert"
+
+
+def test_save_pretrained_and_the_trainer_keep_the_method(tmp_path):
+    from transformers import Trainer, TrainingArguments
+    batch = tiny_batch("bert", batch=8)
+    examples = [{k: v[i] for k, v in batch.items()} for i in range(8)]
+    model = petl.apply(tiny_model("bert"), "lora", attn_bn=4)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
+                             learning_rate=1e-2, save_steps=1, report_to=[], use_cpu=True, logging_steps=1)
+    trainer = Trainer(model=model, args=args, train_dataset=examples)
+    trainer.train()
+    assert (tmp_path / "out" / "checkpoint-1" / "petl" / "petl_config.json").is_file()   # every checkpoint
+    trainer.save_model(str(tmp_path / "final"))
+    model.eval()
+    fresh = type(model).from_pretrained(tmp_path / "final")        # drops the method's tensors ...
+    assert config_of(fresh) is None
+    petl.load(fresh, tmp_path / "final")                            # ... which petl.load puts back
+    torch.testing.assert_close(_logits(fresh.eval(), "bert"), _logits(model, "bert"), rtol=1e-5, atol=1e-6)
+    from safetensors.torch import load_file
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    state = load_file(checkpoint / "model.safetensors")
+    method = load_file(checkpoint / "petl" / "petl_weights.safetensors")
+    assert method and all(torch.equal(state[k], t) for k, t in method.items() if k.startswith("petl."))
+    resumed = Trainer(model=petl.apply(tiny_model("bert"), "lora", attn_bn=4),
+                      args=TrainingArguments(**{**args.to_dict(), "output_dir": str(tmp_path / "out"),
+                                                "max_steps": 3}), train_dataset=examples)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))   # the method's state resumes
+    assert resumed.state.global_step == 3
