@@ -36,6 +36,21 @@ def fingerprint(model: nn.Module) -> dict:
     return {key: value for key, value in found.items() if isinstance(value, (int, str))}
 
 
+def base_name(model: nn.Module) -> dict:
+    """The base model's name or path (and hub revision where known), as from_pretrained was given it."""
+    config = model.config
+    return {"name_or_path": getattr(config, "_name_or_path", "") or None,
+            "revision": getattr(config, "_commit_hash", None)}
+
+
+def _same_base(saved: str | None, current: str | None) -> bool:
+    """Names agree when either is unknown, or their last components agree (a hub id 'org/roberta-base' and a
+    local copy '.../roberta-base', or one asset folder on two machines)."""
+    if not saved or not current:
+        return True
+    return Path(str(saved).rstrip("/")).name == Path(str(current).rstrip("/")).name
+
+
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     config = config_of(model)
     if config.full_finetune:
@@ -68,7 +83,7 @@ def save(model: nn.Module, directory: str | os.PathLike, peft: bool | None = Non
         os.chmod(staging, 0o755)  # mkdtemp makes it private to its owner
         save_file(_tensors(model), staging / WEIGHTS)
         meta = dict(format=FORMAT, petl=config.to_dict(), base_model=fingerprint(model),
-                    weights_sha256=_sha256(staging / WEIGHTS))
+                    base_model_name=base_name(model), weights_sha256=_sha256(staging / WEIGHTS))
         (staging / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if peft is not False and refusal is None:
             peft_format.write(model, staging)
@@ -133,10 +148,11 @@ def _load_weights(directory: str | os.PathLike, meta: dict) -> dict[str, torch.T
                          "restore the folder or train and save the method again") from None
 
 
-def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
-    """Attach (if needed) and load a saved method into a stock model of the same architecture and size. A folder
-    that PEFT wrote (LoRA on exactly petl's sites) loads too, and so does a save_pretrained folder of a petl
-    model (its method is in <folder>/petl)."""
+def load(model: nn.Module, directory: str | os.PathLike, check_base: bool = True) -> nn.Module:
+    """Attach (if needed) and load a saved method into a stock model of the same architecture and size, and of
+    the same name (check_base=False accepts another name: the same weights under another name, or on purpose
+    another base of those sizes). A folder that PEFT wrote (LoRA on exactly petl's sites) loads too, and so does
+    a save_pretrained folder of a petl model (its method is in <folder>/petl)."""
     from petl import peft_format
     from petl.core import SAVED_METHOD
     if not (Path(directory) / CONFIG).is_file() and (Path(directory) / SAVED_METHOD / CONFIG).is_file():
@@ -151,6 +167,12 @@ def load(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
         detail = ", ".join(f"{k}: saved {a!r} vs model {b!r}" for k, a, b in
                            sorted((k, *v) for k, v in differences.items()))
         raise ValueError(f"the method in {directory} was trained on another base model ({detail})")
+    saved_name = (meta.get("base_model_name") or {}).get("name_or_path")
+    current_name = base_name(model)["name_or_path"]
+    if check_base and not _same_base(saved_name, current_name):
+        raise ValueError(f"the method in {directory} was trained on the base model {saved_name!r}, and this model "
+                         f"is {current_name!r}; load it into that model, or pass check_base=False if this is the "
+                         "same model under another name")
     tensors = _load_weights(directory, meta)  # before attaching: a damaged folder leaves the model as it was
     attached = config_of(model)
     if attached is None:

@@ -133,3 +133,21 @@ def test_save_pretrained_and_the_trainer_keep_the_method(tmp_path):
                                                 "max_steps": 3}), train_dataset=examples)
     resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))   # the method's state resumes
     assert resumed.state.global_step == 3
+
+
+def test_a_saved_method_names_its_base_model_and_load_checks_it(tmp_path):
+    model = _trained("bert", "lora", attn_bn=4)
+    model.config._name_or_path = "/somewhere/minilm"
+    folder = petl.save(model, tmp_path / "method")
+    meta = json.loads((folder / "petl_config.json").read_text())
+    assert meta["base_model_name"]["name_or_path"] == "/somewhere/minilm"
+    same = tiny_model("bert")
+    same.config._name_or_path = "/elsewhere/minilm"                   # the same asset on another machine
+    petl.load(same, folder)
+    other = tiny_model("bert")
+    other.config._name_or_path = "org/another-model"
+    with pytest.raises(ValueError, match=r"trained on the base model '/somewhere/minilm', and this model is "
+                                         r"'org/another-model'.*check_base=False"):
+        petl.load(other, folder)
+    assert config_of(other) is None
+    petl.load(other, folder, check_base=False)
