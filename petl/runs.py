@@ -24,6 +24,8 @@ between the two renames leaves no record (the next sweep reruns it), never a mix
 
 Two sweeps on one runs folder coordinate through per-run lock files ``runs/.locks/<run id>.lock`` created with
 ``O_CREAT | O_EXCL``; a lock whose process is gone (checked by pid and process start time) is stale and taken over.
+A held lock's file is touched every 30 s; a lock of another host (a shared runs folder on a cluster) is stale once
+that heartbeat is older than 10 minutes ($PETL_LOCK_STALE_S), and is then reported and taken over.
 """
 from __future__ import annotations
 
@@ -379,8 +381,10 @@ def clean_leftovers(runs_dir: str | os.PathLike) -> list[Path]:
             if _age(lock) < LOCK_WRITE_GRACE_S:
                 continue  # perhaps being written right now
             warnings.warn(f"removing the damaged lock file {lock} ({_lock_text(lock)!r})", stacklevel=2)
-        elif not _lock_is_stale(info):
+        elif not _lock_is_stale(info, lock):
             continue
+        elif info.get("host") != socket.gethostname():
+            warnings.warn(f"removing the stale lock of {_owner(info, lock)}: {lock}", stacklevel=2)
         lock.unlink(missing_ok=True)
         removed.append(lock)
     legacy = runs_dir.resolve().parent / ".weights"
@@ -409,11 +413,47 @@ def _proc_start(pid: int) -> float | None:
         return None
 
 
-def _lock_is_stale(info: dict) -> bool:
+#: A held lock's file is touched every LOCK_HEARTBEAT_S seconds; one from another host whose last touch is older
+#: than LOCK_STALE_S (default 10 min, $PETL_LOCK_STALE_S) is stale: its process cannot be asked, its silence can.
+LOCK_HEARTBEAT_S = 30.0
+LOCK_STALE_S = float(os.environ.get("PETL_LOCK_STALE_S", "600"))
+
+
+def _lock_is_stale(info: dict, path: Path | None = None) -> bool:
+    """A lock of this host is stale when its process is gone (pid and start time); one of another host when its
+    heartbeat (the file's mtime) is older than LOCK_STALE_S."""
     if info.get("host") != socket.gethostname():
-        return False                      # another machine's process: cannot tell, assume alive
+        return path is not None and _age(path) > LOCK_STALE_S
     start = _proc_start(info["pid"])
     return start is None or abs(start - float(info.get("start") or 0)) > 1.0
+
+
+def _owner(info: dict, path: Path) -> str:
+    here = info.get("host") == socket.gethostname()
+    if here:
+        return f"live process {info.get('pid')}"
+    return (f"process {info.get('pid')} on host {info.get('host')!r}, heartbeat {_age(path):.0f} s ago (stale "
+            f"after {LOCK_STALE_S:g} s)")
+
+
+@contextlib.contextmanager
+def _heartbeat(path: Path) -> Iterator[None]:
+    """Touch the lock file every LOCK_HEARTBEAT_S seconds while it is held, so other hosts see it is alive."""
+    import threading
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(LOCK_HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    thread = threading.Thread(target=beat, name=f"petl-lock-heartbeat-{path.stem}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 LOCK_WRITE_GRACE_S = 5.0  # a lock file younger than this may be half-written by its live owner
@@ -476,8 +516,10 @@ def run_lock(runs_dir: str | os.PathLike, rid: str) -> Iterator[Path]:
                     raise RunLocked(f"run {rid} is being locked by another process ({path}); if no other "
                                     f"process runs it, delete that file or wait {LOCK_WRITE_GRACE_S:g} s")
                 warnings.warn(f"taking over the damaged lock file {path} ({_lock_text(path)!r})", stacklevel=3)
-            elif not _lock_is_stale(info):
-                raise RunLocked(f"run {rid} is locked by live process {info.get('pid')} ({path})")
+            elif not _lock_is_stale(info, path):
+                raise RunLocked(f"run {rid} is locked by {_owner(info, path)} ({path})")
+            elif info.get("host") != socket.gethostname():
+                warnings.warn(f"taking over the lock of {_owner(info, path)}: {path}", stacklevel=3)
             # Stale: take it over by removing and retrying O_EXCL (only one taker wins).
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -487,7 +529,8 @@ def run_lock(runs_dir: str | os.PathLike, rid: str) -> Iterator[Path]:
             f.flush()
             os.fsync(f.fileno())
         try:
-            yield path
+            with _heartbeat(path):
+                yield path
         finally:
             with contextlib.suppress(FileNotFoundError):
                 if _read_lock(path) == json.loads(json.dumps(me)):

@@ -256,3 +256,32 @@ def test_one_command_cleans_every_leftover_of_dead_processes(tmp_path, capsys):
     assert sorted(p.name for p in notebooks.iterdir()) == [f"r-{os.getpid()}.ipynb"]
     assert main(["sweep", "--clean", "--runs-dir", str(runs_dir)]) == 0
     assert "nothing to clean" in capsys.readouterr().out
+
+
+def test_a_lock_of_another_host_is_stale_once_its_heartbeat_stops(tmp_path, monkeypatch):
+    import time
+    locks = tmp_path / ".locks"
+    locks.mkdir()
+    (locks / "r.lock").write_text(json.dumps({"pid": 1, "start": 1.0, "host": "elsewhere"}))
+    with pytest.raises(runs.RunLocked, match=r"process 1 on host 'elsewhere', heartbeat \d+ s ago \(stale after"):
+        with runs.run_lock(tmp_path, "r"):
+            pass
+    old = time.time() - runs.LOCK_STALE_S - 60
+    os.utime(locks / "r.lock", (old, old))                          # its host went silent
+    with pytest.warns(UserWarning, match="taking over the lock of process 1 on host 'elsewhere'"):
+        with runs.run_lock(tmp_path, "r"):
+            pass
+    (locks / "s.lock").write_text(json.dumps({"pid": 1, "start": 1.0, "host": "elsewhere"}))
+    os.utime(locks / "s.lock", (old, old))
+    with pytest.warns(UserWarning, match="removing the stale lock of process 1 on host 'elsewhere'"):
+        assert locks / "s.lock" in runs.clean_leftovers(tmp_path)
+
+
+def test_a_held_lock_beats(tmp_path, monkeypatch):
+    import time
+    monkeypatch.setattr(runs, "LOCK_HEARTBEAT_S", 0.05)
+    with runs.run_lock(tmp_path, "r") as path:
+        os.utime(path, (1, 1))
+        time.sleep(0.5)
+        assert time.time() - path.stat().st_mtime < 5               # touched again while held
+    assert not path.exists()
