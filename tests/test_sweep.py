@@ -128,6 +128,16 @@ def test_explore_notebook_loads_a_trained_method_and_plots_what_it_learned(tiny,
     assert any("image/png" in o.get("data", {}) for o in gate_cell["outputs"]) and "no prefix" not in text
 
 
+def test_explore_notebook_works_on_a_fresh_clone_by_training_a_short_run(tmp_path):
+    out = tmp_path / "explore.ipynb"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "explore.ipynb"), str(out), cwd=str(ROOT),
+                               progress_bar=False, parameters={"runs_dir": str(tmp_path / "runs"), "quick_steps": 2})
+    [record] = runs.load_runs(tmp_path / "runs").itertuples()                 # the short run it trained
+    assert record.variant == "mam_glue" and record.steps == 2
+    text = out.read_text()
+    assert "training a short one" in text and record.run_id in text and "positive" in text
+
+
 def test_cli_rejects_bad_input_with_a_message_not_a_traceback(tmp_path, capsys):
     assert main(["train", "--variant", "lorra", "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err

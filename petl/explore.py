@@ -1,0 +1,54 @@
+"""What notebooks/explore.ipynb explores: a run whose trained method is on this machine.
+
+Weights stay on the machine that trained them (runs/<run id>/weights/ is git-ignored), so a fresh clone has
+records but no weights: `pick_run` then trains a short run (the GLUE-sized MAM adapter, prefix and adapter both,
+about a minute on 2 CPU cores) so that the notebook works right after the README's set-up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from petl import runs
+from petl.train import RunRecord, TrainConfig, train
+
+#: The short run trained when no run keeps its weights: MAM (a prefix to show the gates λ, an adapter to show
+#: update norms) on the embedded task and model.
+QUICK_RUN = dict(variant="mam_glue", task="rt-polarity", model="minilm", eval_every=None, max_eval_examples=200,
+                 max_test_examples=200)
+
+
+def runs_with_weights(runs_dir: str | os.PathLike) -> list[RunRecord]:
+    """Complete runs of runs_dir whose trained method is on this machine, newest first."""
+    found = []
+    for folder in runs.iter_records(runs_dir):
+        try:
+            record = RunRecord.load(folder)
+        except runs.RecordError:
+            continue
+        if record.status == "complete" and record.weights_path is not None and record.weights_path.is_dir():
+            found.append(record)
+    return sorted(found, key=lambda r: (r.path / "metrics.json").stat().st_mtime, reverse=True)
+
+
+def pick_run(runs_dir: str | os.PathLike = "runs", run_id: str | None = None, quick_steps: int = 40) -> RunRecord:
+    """The run `run_id` (which must keep its weights), else the newest run that does, else a short new one
+    (QUICK_RUN for `quick_steps` steps, recorded in runs_dir like any run)."""
+    if run_id is not None:
+        path = Path(runs_dir) / run_id
+        if runs.record_status(runs_dir, run_id) != "complete":
+            raise ValueError(f"run {run_id!r} is not a complete run in {runs_dir!r}")
+        record = RunRecord.load(path)
+        if record.weights_path is None or not record.weights_path.is_dir():
+            have = ", ".join(r.run_id for r in runs_with_weights(runs_dir)) or "none"
+            raise FileNotFoundError(f"run {run_id} keeps no trained weights on this machine (weights stay where "
+                                    f"they were trained); runs here that do: {have}. Leave run_id empty to train "
+                                    "a short one")
+        return record
+    kept = runs_with_weights(runs_dir)
+    if kept:
+        return kept[0]
+    print(f"no run in {runs_dir} keeps its trained weights on this machine: training a short one "
+          f"({QUICK_RUN['variant']} on {QUICK_RUN['task']}, {quick_steps} steps)", flush=True)
+    return train(TrainConfig(**QUICK_RUN, max_steps=quick_steps), runs_dir=runs_dir)
