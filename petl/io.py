@@ -120,9 +120,9 @@ def _read_meta(directory: str | os.PathLike) -> dict:
     return meta
 
 
-def read_config(directory: str | os.PathLike) -> tuple[PETLConfig, dict]:
-    """The PETLConfig and base-model fingerprint saved in `directory`."""
-    meta = _read_meta(directory)
+def read_config(directory: str | os.PathLike, meta: dict | None = None) -> tuple[PETLConfig, dict]:
+    """The PETLConfig and base-model fingerprint saved in `directory` (from its already read `meta`, if given)."""
+    meta = _read_meta(directory) if meta is None else meta
     try:
         return PETLConfig.from_dict(meta["petl"]), meta["base_model"]
     except (KeyError, TypeError) as error:
@@ -160,7 +160,7 @@ def load(model: nn.Module, directory: str | os.PathLike, check_base: bool = True
     if not (Path(directory) / CONFIG).is_file() and peft_format.is_peft_folder(directory):
         return peft_format.load(model, directory)
     meta = _read_meta(directory)
-    config, saved = read_config(directory)
+    config, saved = read_config(directory, meta)
     current = fingerprint(model)
     differences = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
     if differences:

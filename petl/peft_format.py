@@ -72,10 +72,10 @@ def write(model: nn.Module, folder: Path) -> None:
     for name, parameter in head_parameters(model).items():
         tensors[f"{PREFIX}{name}"] = parameter
     rank = config.attn_bn if config.attn_mode == "lora" else config.ffn_bn
+    rank_pattern = {}
     if config.attn_mode == config.ffn_mode == "lora" and config.attn_bn != config.ffn_bn:
-        rank_pattern = {path: (config.ffn_bn if _is_ffn(model, path) else config.attn_bn) for path in targets}
-    else:
-        rank_pattern = {}
+        ffn = {names[id(linear)] for site in find_sites(model).ffn for linear in site.linears}
+        rank_pattern = {path: (config.ffn_bn if path in ffn else config.attn_bn) for path in targets}
     meta = dict(peft_type="LORA", task_type=None, r=rank, lora_alpha=config.lora_alpha,
                 lora_dropout=config.lora_dropout, target_modules=sorted(targets), bias="none",
                 fan_in_fan_out=False, init_lora_weights=True, use_rslora=False, use_dora=False,
@@ -84,11 +84,6 @@ def write(model: nn.Module, folder: Path) -> None:
                 inference_mode=True, written_by="petl")
     save_file({k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}, str(folder / WEIGHTS))
     (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
-
-
-def _is_ffn(model: nn.Module, path: str) -> bool:
-    names = _module_names(model)
-    return any(names.get(id(linear)) == path for site in find_sites(model).ffn for linear in site.linears)
 
 
 def is_peft_folder(directory: str | Path) -> bool:

@@ -113,16 +113,6 @@ def run_id(resolved: dict) -> str:
 WEIGHTS = "weights"  # the folder of a record that holds its petl.save output
 
 
-def weights_dir(runs_dir: str | os.PathLike, rid: str) -> Path:
-    """Where a run's method weights live: the git-ignored ``weights/`` folder of its record."""
-    return Path(runs_dir) / rid / WEIGHTS
-
-
-def legacy_weights_dir(runs_dir: str | os.PathLike, rid: str) -> Path:
-    """Where records made before weights moved into the record keep them: ``<runs dir>/../.weights/<run id>``."""
-    return Path(runs_dir).resolve().parent / ".weights" / rid
-
-
 class RunsDirError(OSError):
     """The runs folder cannot take a record (not writable): found before training, not after it."""
 

@@ -218,6 +218,7 @@ def run_point(index: int, total: int, point: dict, rid: str, runs_dir: Path, not
     """Run one grid point through papermill (under its lock) and report what happened. `timeout` (seconds)
     bounds each notebook cell, so the training cell too: a point over it is stopped and reported failed."""
     import papermill
+    from nbclient.exceptions import CellTimeoutError
     t0 = time.perf_counter()
     if not force and runs.record_status(runs_dir, rid) == "complete":
         return Outcome(index, rid, "skipped", 0.0, "already complete")
@@ -235,11 +236,11 @@ def run_point(index: int, total: int, point: dict, rid: str, runs_dir: Path, not
                                            parameters={**point, "runs_dir": str(runs_dir), "force": force},
                                            progress_bar=False, cwd=str(notebook.parent.parent),
                                            execution_timeout=timeout)
+            except CellTimeoutError:
+                error = TimeoutError(f"stopped after the per-point limit of {timeout:g} s (--timeout); no record "
+                                     "was written")
             except Exception as e:  # noqa: BLE001 - any failure of one point is reported, the sweep goes on
                 error = e
-                if type(e).__name__ == "CellTimeoutError" or "timed out" in str(e).lower():
-                    error = TimeoutError(f"stopped after the per-point limit of {timeout:g} s "
-                                         "(--timeout); no record was written")
             status = runs.record_status(runs_dir, rid)
             fresh = _mtime(runs_dir / rid) != before
             if status in ("complete", "failed") and fresh and out_nb.exists():

@@ -438,12 +438,12 @@ def load_task(
     try:
         loaded = _build_unless_usable(spec, builder, folders, root, target, rebuild)
     except Exception as exc:
-        from petl.assets import _disk_full, _free_space
+        from petl.files import disk_full, free_space
 
-        if not _disk_full(exc):
+        if not disk_full(exc):
             raise
         raise TaskCacheError(
-            f"task {spec.name!r}: building its cache in {root} failed, the disk is full ({_free_space(root)}): "
+            f"task {spec.name!r}: building its cache in {root} failed, the disk is full ({free_space(root)}): "
             f"{exc}. Nothing was kept; free space there, or set PETL_TASK_CACHE (or PETL_ASSETS) to a folder "
             f"on a disk with room.") from exc
     if loaded is not None:
@@ -490,19 +490,19 @@ def _cache_problem(target: Path) -> str | None:
     Sizes are compared with the manifest every time (a ``stat`` per file); a file's sha256 only when
     its size or mtime changed since it last matched, so a normal load reads no file contents.
     """
-    from petl.assets import _check_files, _manifest_entries, _read_json
+    from petl.files import check_files, manifest_entries, read_json
 
     if not target.is_dir():
         return "it is not built"
-    manifest = _read_json(target / _MANIFEST)
+    manifest = read_json(target / _MANIFEST)
     if manifest is None:
         if (target / _COMPLETE).is_file():
             return f"it was built before caches had a manifest of their files ({_MANIFEST})"
         return f"its build did not finish (no {_MANIFEST})"
-    entries = _manifest_entries(manifest) if manifest.get("format") == _MANIFEST_FORMAT else None
+    entries = manifest_entries(manifest) if manifest.get("format") == _MANIFEST_FORMAT else None
     if entries is None:
         return f"its {_MANIFEST} is not of format {_MANIFEST_FORMAT} with a valid file list"
-    return _check_files(target, entries, _VERIFIED)
+    return check_files(target, entries, _VERIFIED)
 
 
 def _load_cached(target: Path) -> datasets.DatasetDict:
@@ -536,7 +536,7 @@ def _build_into(spec: TaskSpec, builder, folders: Mapping[str, Path], root: Path
     so ``target`` either does not exist or is complete; a killed build leaves only a
     ``.<name>.tmp-*`` folder, removed by the next.
     """
-    from petl.assets import _file_entries, _write_json
+    from petl.files import file_entries, write_json
 
     for stale in root.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -552,9 +552,9 @@ def _build_into(spec: TaskSpec, builder, folders: Mapping[str, Path], root: Path
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        entries, records = _file_entries(tmp)
-        _write_json(tmp / _MANIFEST, {"format": _MANIFEST_FORMAT, "task": spec.name, "files": entries})
-        _write_json(tmp / _VERIFIED, {"files": records}, durable=False)  # just hashed: the next load only stats
+        entries, records = file_entries(tmp)
+        write_json(tmp / _MANIFEST, {"format": _MANIFEST_FORMAT, "task": spec.name, "files": entries})
+        write_json(tmp / _VERIFIED, {"files": records}, durable=False)  # just hashed: the next load only stats
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

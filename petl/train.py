@@ -607,7 +607,8 @@ def _run(cfg: TrainConfig, resolved: dict, runs_dir: Path) -> RunRecord:
             params[name].copy_(value)
     tests = {s: evaluate(model, eval_loaders[s], spec, family, cfg, accelerator, tokenizer) for s in test_splits}
 
-    save = (lambda folder: _save_weights(net, folder)) if cfg.save_weights and main else None
+    # petl.save into the record's weights/ while it is still in its staging folder: they move into place together
+    save = (lambda folder: petl.save(net, folder)) if cfg.save_weights and main else None
     metrics = {
         "status": "complete", "dev": best["dev"], **tests, "best_step": best["step"],
         "primary_metric": primary, "steps": step, "parameters": report,
@@ -632,13 +633,6 @@ def _finish(accelerator, runs_dir, resolved, metrics, history, save=None) -> Run
         runs.write_record(runs_dir, rid, config, metrics, history, pause=_pause, weights=save)
     accelerator.wait_for_everyone()
     return RunRecord.load(Path(runs_dir) / rid)
-
-
-def _save_weights(net, folder: Path) -> None:
-    """petl.save the method (and head) weights into the record's weights/ folder (still in its staging folder:
-    the record and its weights move into place together)."""
-    import petl
-    petl.save(net, folder)
 
 
 def _head(dataset, n: int | None):

