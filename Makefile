@@ -4,9 +4,10 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.petl-installed
-# Assets (see `python -m petl.assets status`): the tests need MiniLM and the Rotten Tomatoes
-# sentences; the book needs every asset, the BIG-bench task files (VitaminC, XSum) included.
-TEST_ASSETS := minilm rt-polarity
+# Assets (see `python -m petl.assets status`): the tests need MiniLM, SmolLM2 (its tokenizer), the Rotten
+# Tomatoes sentences and the Romanian catalogues; the book needs every asset, the BIG-bench task files
+# (VitaminC, XSum) included.
+TEST_ASSETS := minilm smollm2-135m rt-polarity ro-l10n
 BOOK_ASSETS := --all
 ASSETS ?=
 

@@ -4,6 +4,8 @@
 - bbc-xsum lead: the first sentence of the article body (LEAD-1), scored against the held-out lead sentence,
   on the same first test examples the SmolLM2 runs are scored on (100: the CPU default; 200: the GPU grid),
   and likewise on the real XSum pairs (split test_xsum);
+- en-ro-l10n copy: the English source as its own translation, on the first 200 test messages (the CPU
+  default) and on all 1,000;
 - majority class for each classification stand-in (the accuracy of always answering the commonest label).
 """
 
@@ -37,6 +39,19 @@ def lead_record(task: str = "bbc-xsum", n_examples: int = 100) -> dict:
     return dict(name=f"{task}-lead-{n_examples}", task=task, kind="lead-1", test_examples=n_examples, **scores)
 
 
+#: Test sizes the copy baseline is scored at: the CPU default's first 200 test messages, and all 1,000.
+COPY_SIZES = (200, 1000)
+
+
+def copy_record(task: str = "en-ro-l10n", n_examples: int = 1000) -> dict:
+    """Copy-the-source on the first ``n_examples`` test pairs of a translation task: the English message
+    itself as the "translation" (placeholders, option names and punctuation match). Named ``<task>-copy-<n>``."""
+    part = tasks.load_task(task)["test"]
+    part = part.select(range(min(n_examples, len(part))))
+    return dict(name=f"{task}-copy-{n_examples}", task=task, kind="copy-source", test_examples=len(part),
+                test=metrics.compute_metrics(task, part["source"], part["target"]))
+
+
 def majority_record(task: str) -> dict:
     data = tasks.load_task(task)
     common, _ = Counter(data["train"]["label"]).most_common(1)[0]
@@ -62,8 +77,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m petl.baselines", description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", default="runs")
     args = parser.parse_args(argv)
-    records = [*(lead_record("bbc-xsum", n) for n in LEAD_SIZES), majority_record("rt-polarity"),
-               majority_record("vitaminc")]
+    records = [*(lead_record("bbc-xsum", n) for n in LEAD_SIZES), *(copy_record("en-ro-l10n", n) for n in COPY_SIZES),
+               majority_record("rt-polarity"), majority_record("vitaminc")]
     for record in records:
         print(write(record, args.runs_dir), json.dumps(record["test"]))
 

@@ -7,8 +7,10 @@
   download; :func:`split_sentences` is a small rule-based splitter that agrees with it on news text).
   The paper's "ROUGE-L" for XSum is ``rougeLsum``. We report the plain mean; the examples' bootstrap
   "mid" estimate equals it up to resampling noise.
-* ``bleu``: corpus BLEU from ``sacrebleu`` (13a tokenisation). For WMT16 en-ro the paper scores after
-  Romanian post-processing of hypotheses and references (:func:`romanian_postprocess`).
+* ``bleu``: corpus BLEU from ``sacrebleu``. The en-ro tasks are scored as the reference scores WMT16 en-ro
+  (its ``exps/romanian_postprocess.sh``): Romanian post-processing and Moses tokenisation of hypotheses
+  and references (:func:`romanian_tokenize`), then sacrebleu without tokenisation or smoothing.
+* ``chrf``: corpus chrF from ``sacrebleu``, on the post-processed text for the en-ro tasks.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ __all__ = [
     "accuracy",
     "rouge",
     "bleu",
+    "chrf",
     "split_sentences",
     "romanian_postprocess",
+    "romanian_tokenize",
     "compute_metrics",
 ]
 
@@ -91,43 +95,71 @@ def rouge(predictions: Sequence[str], references: Sequence[str], *, stemming: bo
     return {k: 100.0 * v / len(predictions) for k, v in totals.items()}
 
 
-# Romanian post-processing of the WMT16 en-ro evaluation (paper, after Sennrich et al. 2016): Moses-style
-# punctuation normalisation, then diacritics removed; both hypotheses and references.
-_RO_PUNCT = [
-    (re.compile("[\u201e\u201c\u201d\u00ab\u00bb\u2033]"), '"'),  # „ “ ” « » ″ -> "
-    (re.compile("[\u2018\u2019\u201a\u2032`\u00b4]"), "'"),  # ‘ ’ ‚ ′ ` ´ -> '
-    (re.compile("[\u2013\u2014\u2212]"), "-"),  # en/em dash, minus -> -
-    (re.compile("\u2026"), "..."),
-    (re.compile("[\u00a0\u2009\u202f]"), " "),  # non-breaking and thin spaces
-    (re.compile(r"''"), '"'),
-    (re.compile(r" +([,.;:!?%])"), r"\1"),  # no space before punctuation
-    (re.compile(r"\s+"), " "),
-]
+# The reference scores en-ro with exps/romanian_postprocess.sh: on hypotheses and references alike, Moses'
+# replace-unicode-punctuation, normalize-punctuation -l ro and remove-non-printing-char, then WMT16's
+# normalise-romanian (cedilla s/t -> comma-below) and remove-diacritics, then Moses' tokenizer -no-escape -l ro,
+# and `sacrebleu -tok none -s none`. sacremoses is the Python port of the Moses scripts.
+_RO_CEDILLA = str.maketrans({"\u015e": "\u0218", "\u015f": "\u0219", "\u0162": "\u021a", "\u0163": "\u021b"})
 _RO_DIACRITICS = str.maketrans({
-    "\u0219": "s", "\u015f": "s", "\u0218": "S", "\u015e": "S",  # ș ş Ș Ş (comma-below and cedilla)
-    "\u021b": "t", "\u0163": "t", "\u021a": "T", "\u0162": "T",  # ț ţ Ț Ţ
-    "\u0103": "a", "\u0102": "A", "\u00e2": "a", "\u00c2": "A",  # ă Ă â Â
-    "\u00ee": "i", "\u00ce": "I",  # î Î
+    "\u0218": "S", "\u0219": "s", "\u021a": "T", "\u021b": "t",  # Ș ș Ț ț (comma below)
+    "\u0102": "A", "\u0103": "a", "\u00c2": "A", "\u00e2": "a", "\u00ce": "I", "\u00ee": "i",  # Ă ă Â â Î î
 })
+_MOSES: dict = {}
+
+
+def _moses():
+    if not _MOSES:
+        from sacremoses import MosesPunctNormalizer, MosesTokenizer
+
+        _MOSES["normalizer"] = MosesPunctNormalizer(lang="ro", pre_replace_unicode_punct=True,
+                                                    post_remove_control_chars=True)
+        _MOSES["tokenizer"] = MosesTokenizer(lang="ro")
+    return _MOSES["normalizer"], _MOSES["tokenizer"]
 
 
 def romanian_postprocess(text: str) -> str:
-    """Normalise Romanian punctuation (quotes, dashes, spaces), then strip diacritics
-    (ș ş ț ţ ă â î -> s s t t a a i, capitals likewise)."""
-    for pattern, repl in _RO_PUNCT:
-        text = pattern.sub(repl, text)
-    return text.translate(_RO_DIACRITICS).strip()
+    """The reference's Romanian post-processing before tokenisation: Moses punctuation normalisation
+    (unicode quotes, dashes and ellipses to ASCII, spacing, control characters removed), cedilla ş ţ made
+    comma-below ș ț, then the diacritics removed (ș ț ă â î -> s t a a i, capitals likewise)."""
+    normalizer, _ = _moses()
+    return normalizer.normalize(text).translate(_RO_CEDILLA).translate(_RO_DIACRITICS).strip()
+
+
+def romanian_tokenize(text: str) -> str:
+    """:func:`romanian_postprocess`, then Moses' tokenizer for Romanian without escaping: what the
+    reference feeds to ``sacrebleu -tok none``."""
+    _, tokenizer = _moses()
+    return tokenizer.tokenize(romanian_postprocess(text), escape=False, return_str=True)
 
 
 def bleu(predictions: Sequence[str], references: Sequence[str], *, romanian: bool = False) -> float:
-    """Corpus BLEU (sacrebleu, one reference each); ``romanian=True`` post-processes both sides first."""
+    """Corpus BLEU (sacrebleu, one reference each).
+
+    ``romanian=True`` is the reference's en-ro score: both sides through :func:`romanian_tokenize`, then
+    sacrebleu with no tokenisation and no smoothing (``-tok none -s none``). Otherwise sacrebleu's defaults
+    (13a tokenisation, exponential smoothing).
+    """
+    _check_lengths(predictions, references)
+    import sacrebleu
+
+    if romanian:
+        hyps = [romanian_tokenize(p) for p in predictions]
+        refs = [romanian_tokenize(r) for r in references]
+        # force: the text is tokenised on purpose (sacrebleu would warn about it; the score is the same)
+        return float(sacrebleu.corpus_bleu(hyps, [refs], tokenize="none", smooth_method="none", force=True).score)
+    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+
+
+def chrf(predictions: Sequence[str], references: Sequence[str], *, romanian: bool = False) -> float:
+    """Corpus chrF (sacrebleu's defaults: character 6-grams, beta 2); ``romanian=True`` scores the text
+    after :func:`romanian_postprocess`, as BLEU (chrF needs no tokenisation)."""
     _check_lengths(predictions, references)
     import sacrebleu
 
     if romanian:
         predictions = [romanian_postprocess(p) for p in predictions]
         references = [romanian_postprocess(r) for r in references]
-    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+    return float(sacrebleu.corpus_chrf(list(predictions), [list(references)]).score)
 
 
 def compute_metrics(task, predictions: Sequence, references: Sequence) -> dict[str, float]:
@@ -147,6 +179,8 @@ def compute_metrics(task, predictions: Sequence, references: Sequence) -> dict[s
         out.update({k: v for k, v in scores.items() if k in wanted})
     if "bleu" in wanted:
         out["bleu"] = bleu(predictions, references, romanian=spec.romanian_postprocess)
+    if "chrf" in wanted:
+        out["chrf"] = chrf(predictions, references, romanian=spec.romanian_postprocess)
     missing = wanted - set(out)
     if missing:
         raise ValueError(f"task {spec.name}: no implementation for metrics {sorted(missing)}")

@@ -21,7 +21,8 @@ from petl import tasks
 
 
 def test_registry_names_and_kinds():
-    assert set(tasks.TASKS) == {"rt-polarity", "vitaminc", "bbc-xsum", "sst2", "mnli", "xsum", "wmt16-en-ro"}
+    assert set(tasks.TASKS) == {"rt-polarity", "vitaminc", "bbc-xsum", "en-ro-l10n", "sst2", "mnli", "xsum",
+                                "wmt16-en-ro"}
     for name, spec in tasks.TASKS.items():
         assert spec.name == name
         assert spec.primary_metric in spec.metrics
@@ -34,7 +35,7 @@ def test_registry_names_and_kinds():
                 stand_in = tasks.TASKS[spec.stand_in]
                 assert stand_in.is_embedded and stand_in.kind == spec.kind
                 assert stand_in.num_labels == spec.num_labels
-    assert tasks.TASKS["wmt16-en-ro"].stand_in is None
+    assert tasks.TASKS["wmt16-en-ro"].stand_in == "en-ro-l10n"
 
 
 def test_unknown_task_lists_valid_names():
@@ -424,7 +425,7 @@ def test_hub_task_offline_fails_fast_naming_stand_in(monkeypatch):
                         lambda *a, **k: (_ for _ in ()).throw(ConnectionError("OfflineModeIsEnabled")))
     with pytest.raises(tasks.TaskUnavailableError, match="'rt-polarity'"):
         tasks.load_task("sst2")
-    with pytest.raises(tasks.TaskUnavailableError, match="no embedded stand-in"):
+    with pytest.raises(tasks.TaskUnavailableError, match="'en-ro-l10n'"):
         tasks.load_task("wmt16-en-ro")
 
 
