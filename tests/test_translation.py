@@ -130,6 +130,8 @@ def test_the_copy_baseline_is_a_record_scored_on_the_test_messages(enro, tmp_pat
     assert record["name"] == "en-ro-l10n-copy-200" and record["test_examples"] == 200
     assert record["test"] == metrics.compute_metrics("en-ro-l10n", part["source"], part["target"])
     assert 0 < record["test"]["bleu"] < 100
+    dev = enro["validation"].select(range(baselines.COPY_DEV))                  # the CPU default's dev messages
+    assert record["validation"] == metrics.compute_metrics("en-ro-l10n", dev["source"], dev["target"])
     path = baselines.write(record, tmp_path)
     assert path.name == "en-ro-l10n-copy-200.json"
 
