@@ -59,7 +59,7 @@ from petl.files import (check_files, disk_full, file_entries, free_space, manife
                         sha256, write_json)
 
 __all__ = [
-    "ASSETS", "DEFAULT_ASSETS", "ENV_VAR", "Asset", "AssetError",
+    "ASSETS", "DEFAULT_ASSETS", "ENV_VAR", "RO_CATALOGUES", "Asset", "AssetError",
     "GROUPS", "cache_dir", "ensure", "expand", "fetch", "path", "repin_lines", "status", "verify",
 ]
 
@@ -286,6 +286,11 @@ for _package, _version, _arch, _sha, _size, _domains, _licence in _RO_DEBS:
         registry="debian",
         arch=_arch,
     )
+
+#: (asset, package, catalogue) of every Romanian gettext catalogue these packages carry, in pinned order;
+#: the asset folder holds ``<catalogue>.mo``.
+RO_CATALOGUES: tuple[tuple[str, str, str], ...] = tuple(
+    (f"ro-l10n-{row[0]}", row[0], domain) for row in _RO_DEBS for domain in row[5])
 
 #: Names that stand for several assets in ``fetch`` and on the command line.
 GROUPS: dict[str, tuple[str, ...]] = {"ro-l10n": tuple(f"ro-l10n-{row[0]}" for row in _RO_DEBS)}

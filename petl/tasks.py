@@ -108,6 +108,8 @@ from typing import Callable, Mapping, Sequence
 
 import datasets
 
+from petl.assets import RO_CATALOGUES
+
 __all__ = [
     "TASKS",
     "TaskSpec",
@@ -824,19 +826,11 @@ def _build_bbc_xsum(folders: Mapping[str, Path]) -> datasets.DatasetDict:
                                  "test_xsum": test_xsum})
 
 
-def _ro_catalogues() -> list[tuple[str, str, str]]:
-    """(asset, package, catalogue) of every Romanian gettext catalogue the en-ro-l10n task reads, in order."""
-    from petl import assets
-
-    return [(f"ro-l10n-{package}", package, domain)
-            for package, _v, _a, _s, _n, domains, _l in assets._RO_DEBS for domain in domains]
-
-
 def _build_en_ro_l10n(folders: Mapping[str, Path]) -> datasets.DatasetDict:
     from petl import l10n
 
     pairs, _ = l10n.collect((package, domain, folders[asset] / f"{domain}.mo")
-                            for asset, package, domain in _ro_catalogues())
+                            for asset, package, domain in RO_CATALOGUES)
     spec = TASKS["en-ro-l10n"]
     parts = l10n.split(pairs, {"test": spec.splits["test"], "validation": spec.splits["validation"]}, seed=SEED)
     features = datasets.Features({name: datasets.Value("string") for name in ("source", "target", "id", "catalogue")})
@@ -854,9 +848,9 @@ _BUILDERS: dict[str, tuple[Callable[[Mapping[str, Path]], datasets.DatasetDict],
     "rt-polarity": (_build_rt_polarity, ("rt-polarity",)),
     "vitaminc": (_build_vitaminc, ("bigbench",)),
     "bbc-xsum": (_build_bbc_xsum, ("bbc-news", "bigbench")),
-    "en-ro-l10n": (_build_en_ro_l10n, tuple(dict.fromkeys(a for a, _p, _d in _ro_catalogues()))),
+    "en-ro-l10n": (_build_en_ro_l10n, tuple(dict.fromkeys(a for a, _p, _d in RO_CATALOGUES))),
 }
-for _asset, _package, _domain in _ro_catalogues():
+for _asset, _package, _domain in RO_CATALOGUES:
     _SOURCE_FILES[_asset] = (*_SOURCE_FILES.get(_asset, ()), f"{_domain}.mo")
 
 
