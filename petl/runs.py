@@ -54,8 +54,9 @@ REQUIRED_TRAIN_KEYS = ("task", "model", "variant", "seed")
 REQUIRED_METRICS_KEYS = ("status",)
 REQUIRED_COMPLETE_KEYS = ("dev", "test", "best_step", "wall_time_s", "tokens_per_s", "parameters")
 STATUSES = ("complete", "failed")
-# Folders of runs/ that hold other records than training runs (petl.baselines, benchmarks/).
-RESERVED_FOLDERS = ("baselines", "benchmarks", "cpu-timing", "reference")  # not run records of the book's grids
+# Folders of runs/ that hold other records than training runs (petl.baselines, benchmarks/, the reference
+# agreement, the en-ro-l10n source survey).
+RESERVED_FOLDERS = ("baselines", "benchmarks", "cpu-timing", "l10n", "reference")  # not run records of the book's grids
 
 # Keys of the training configuration that do not change what a run computes; they stay out of its hash.
 _NOT_HASHED = ("runs_dir", "force", "progress", "weights_dir", "gradient_checkpointing")
