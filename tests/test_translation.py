@@ -245,3 +245,18 @@ def test_an_mbart_model_gets_the_language_codes_of_the_task():
     models._set_generation_defaults(model, Tokenizer(), spec, "encoder-decoder")
     gc = model.generation_config
     assert (gc.forced_bos_token_id, gc.num_beams, gc.max_length) == (250020, 5, 200)   # the reference's decoding
+
+
+def test_repin_prints_the_rows_apt_offers_marking_what_changed(monkeypatch):
+    def apt_cache(cmd, **kw):
+        package = cmd[-1].split(":")[0]
+        row = next(r for r in assets._RO_DEBS if r[0] == package)
+        version, sha, size = (("5.2.15-2+b14", "f" * 64, 1_500_000) if package == "bash" else (row[1], row[3], row[4]))
+        return subprocess.CompletedProcess(cmd, 0, f"Package: {package}\nVersion: {version}\nSize: {size}\nSHA256: {sha}\n", "")
+
+    monkeypatch.setattr(assets.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(assets.subprocess, "run", apt_cache)
+    lines = assets.repin_lines()
+    assert len(lines) == len(assets._RO_DEBS)
+    changed = [line for line in lines if "# was" in line]
+    assert changed == [f'("bash", "5.2.15-2+b14", "amd64", "{"f" * 64}", 1_500_000, (\'bash\',), "GPL-3+"),  # was 5.2.15-2+b13']
