@@ -124,6 +124,16 @@ def test_task_builds_from_the_fetched_packages_with_the_card_sizes(enro):
     assert not {c for s in enro for c in enro[s]["catalogue"]} & {"iso_3166", "iso_639", "iso_4217", "xkeyboard-config"}
 
 
+def test_the_cards_counts_are_what_the_rules_drop_and_keep():
+    folders = {a: assets.ensure(a) for a in assets.expand(["ro-l10n"])}
+    pairs, dropped = l10n.collect((package, domain, folders[a] / f"{domain}.mo")
+                                  for a, package, domain in assets.RO_CATALOGUES)
+    # the numbers petl/tasks.py's data card states
+    assert len(pairs) == 11_002 and sum(l10n.count_words(p.source) for p in pairs) == 73_407
+    assert dropped == {"messages": 15_093, "untranslated": 729, "fewer than 3 words": 3_069, "more than 40 words": 125,
+                       "placeholders differ": 24, "lengths differ more than 3-fold": 4, "duplicate source": 140}
+
+
 def test_the_copy_baseline_is_a_record_scored_on_the_test_messages(enro, tmp_path):
     record = baselines.copy_record("en-ro-l10n", 200)
     part = enro["test"].select(range(200))
