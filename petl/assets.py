@@ -600,21 +600,20 @@ def _deb_data(archive: Path) -> BinaryIO:
 def _members(archive: Path) -> Iterator[tuple[str, Callable[[], BinaryIO]]]:
     """Yield (member name, opener) for every regular file of a wheel/zip, a .tar.gz or a .deb's data
     archive, in archive order."""
-    if archive.suffix == ".deb":
-        with tarfile.open(fileobj=_deb_data(archive), mode="r:*") as tf:
-            for member in tf:
-                if member.isfile():
-                    yield member.name, (lambda member=member: tf.extractfile(member))
-    elif zipfile.is_zipfile(archive):
+    if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 if not info.is_dir():
                     yield info.filename, (lambda info=info: zf.open(info))
+        return
+    if archive.suffix == ".deb":
+        tar = tarfile.open(fileobj=_deb_data(archive), mode="r:*")
     else:
-        with tarfile.open(archive, "r|*") as tf:  # streamed: one pass over a large sdist
-            for member in tf:
-                if member.isfile():
-                    yield member.name, (lambda member=member: tf.extractfile(member))
+        tar = tarfile.open(archive, "r|*")  # streamed: one pass over a large sdist
+    with tar as tf:
+        for member in tf:
+            if member.isfile():
+                yield member.name, (lambda member=member: tf.extractfile(member))
 
 
 def _copy_member(src: BinaryIO, target: Path) -> None:
