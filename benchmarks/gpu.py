@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import gc
 import json
-import os
 import signal
 import sys
 import time
@@ -59,13 +58,9 @@ def _peft_lora_spec(specs: dict) -> MethodSpec:
 
 
 def _write(record: dict, out: Path) -> None:
+    from petl.files import write_atomic
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(_clean(record), f, indent=2, default=str, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(_clean(record), indent=2, default=str, allow_nan=False))
 
 
 def _cuda(device: str) -> bool:

@@ -36,16 +36,16 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from benchmarks.measure import environment_threads
-    from petl.runs import write_text_atomic
+    from petl.files import write_atomic
 
     environment_threads(args.threads)
     if args.live:
         text = live_table(args.shapes, args.methods)
         print(text)
-        write_text_atomic(args.out, text + "\n")
+        write_atomic(args.out, text + "\n")
         return
     result = measure(args.shapes, args.methods, args.steps)
-    write_text_atomic(args.out, json.dumps(result, indent=2, sort_keys=True))
+    write_atomic(args.out, json.dumps(result, indent=2, sort_keys=True))
 
 
 def live_table(shape_names: list[str], method_names: list[str]) -> str:

@@ -83,8 +83,8 @@ def main(argv=None) -> str:
               f" --threads {args.threads}  (torch {torch.__version__})\n")
     print(header + table)
     if args.out:
-        from petl.runs import write_text_atomic
-        write_text_atomic(args.out, header + table + "\n")
+        from petl.files import write_atomic
+        write_atomic(args.out, header + table + "\n")
     return table
 
 

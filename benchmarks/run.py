@@ -309,9 +309,9 @@ def format_table(record: dict) -> str:
 
 def write_record(record: dict, path: Path) -> None:
     """Write the record atomically (temporary file in the same folder, fsync, os.replace)."""
-    from petl.runs import write_text_atomic
+    from petl.files import write_atomic
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(_clean(record), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    write_atomic(path, json.dumps(_clean(record), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def parse_args(argv=None):

@@ -50,12 +50,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-try:  # POSIX file locks keep two processes from fetching the same asset at once.
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None
-
-from petl.files import (check_files, disk_full, file_entries, free_space, manifest_entries, read_json,
+from petl.files import (check_files, file_lock, disk_full, file_entries, free_space, manifest_entries, read_json,
                         sha256, write_json)
 
 __all__ = [
@@ -665,26 +660,6 @@ def _extract(asset: Asset, archive: Path, out: Path) -> list[str]:
 # Fetch
 # ----------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _lock(root: Path, name: str) -> Iterator[None]:
-    """Hold an exclusive lock for asset ``name`` so parallel processes fetch it once."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    lock_dir = root / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{name}.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"petl.assets: waiting for another process fetching {name!r}", file=sys.stderr)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _write_manifest(folder: Path, asset: Asset, digest: str) -> None:
     """Record every file of the finished ``folder`` with its size and sha256, and the archive it came from.
 
@@ -824,7 +799,8 @@ def ensure(name: str) -> Path:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AssetError(f"asset {name!r}: cannot create the cache folder {root} ({exc}); set ${ENV_VAR}") from exc
-    with _lock(root, name):
+    with file_lock(root / ".locks" / f"{name}.lock",
+                   waiting=f"petl.assets: waiting for another process fetching {name!r}"):
         state, why = _inspect(asset, target)
         if state == "present":  # another process finished it while we waited
             return target

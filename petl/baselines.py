@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 from petl import metrics, tasks
+from petl.files import write_json
 
 
 #: Test sizes the lead baseline is scored at: the default CPU budget's (100) and the GPU grid's (200).
@@ -72,15 +72,11 @@ def majority_record(task: str) -> dict:
 
 
 def write(record: dict, runs_dir: str | os.PathLike) -> Path:
-    """Atomically write one baseline record (temp file + os.replace)."""
+    """Write one baseline record atomically (petl.files.write_json)."""
     folder = Path(runs_dir) / "baselines"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{record['name']}.json"
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:
-        json.dump(record, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, target)
+    write_json(target, record, indent=2, sort_keys=True)
     return target
 
 

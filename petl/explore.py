@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from petl import runs
-from petl.train import RunRecord, TrainConfig, train
+from petl.runs import RunRecord
+from petl.train import TrainConfig, train
 
 #: The short run trained when no run keeps its weights: MAM (a prefix to show the gates λ, an adapter to show
 #: update norms) on the embedded task and model.

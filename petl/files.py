@@ -1,5 +1,7 @@
-"""Small file utilities shared by the modules that write or check files on disk: a file's sha256, atomic JSON,
-manifests of a folder's files (size and sha256) checked cheaply on every use, and telling a full disk."""
+"""The file utilities every module that writes or checks files uses: atomic writes (``write_atomic``,
+``write_json``), an exclusive file lock (``file_lock``), a file's sha256, manifests of a folder's files (size and
+sha256) checked cheaply on every use, and telling a full disk. (A run's own lock, which must name its owner and
+survive an NFS home, is ``petl.runs.run_lock``.)"""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -31,24 +34,70 @@ def read_json(file: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def write_json(file: Path, data: dict, durable: bool = True) -> None:
-    """Write ``data`` to ``file`` through a temporary file and one ``os.replace``.
-
-    Readers (other processes using the same cache) see the old file or the new one, never half of one.
-    ``durable`` fsyncs it first: for manifests, not for the ``.verified`` records, whose loss costs a hash.
-    """
-    tmp = file.with_name(f"{file.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a folder, so that a rename inside it survives a power loss."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and one ``os.replace``.
+
+    Readers (other processes) see the old file or the new one, never half of one; a killed writer leaves at
+    most a ``.<name>.<pid>-<random>.tmp`` file, never a damaged ``path``. ``durable`` fsyncs the file before the
+    rename and the folder after it (for records and manifests; not for caches whose loss costs a recomputation).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb" if isinstance(data, bytes) else "x", **({} if isinstance(data, bytes) else
+                                                                    {"encoding": "utf-8"})) as fh:
+            fh.write(data)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp, file)
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def write_json(file: str | os.PathLike, data: dict, durable: bool = True, **dump_options) -> None:
+    """``write_atomic`` of ``json.dumps(data, indent=1, **dump_options)`` (see there for ``durable``)."""
+    write_atomic(file, json.dumps(data, **{"indent": 1, **dump_options}), durable=durable)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, waiting: str | None = None) -> Iterator[None]:
+    """Hold an exclusive POSIX lock (``flock``) on ``path`` for the duration; other processes wait for it.
+
+    The kernel releases it when the holder dies, so a killed process never leaves a stale lock. ``waiting``, if
+    given, is printed to stderr when another process holds the lock. A no-op where ``fcntl`` is missing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def manifest_entries(manifest: dict) -> list[dict] | None:

@@ -41,12 +41,14 @@ import socket
 import subprocess
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import psutil
 
 from petl.config import LATER_FIELDS, PETLConfig, computation_version
+from petl.files import fsync_dir, write_atomic
 
 # Fields every record must have; a record without them is damaged and skipped.
 REQUIRED_CONFIG_KEYS = ("run_id", "train", "petl")
@@ -60,6 +62,10 @@ RESERVED_FOLDERS = ("baselines", "benchmarks", "cpu-timing", "l10n", "reference"
 
 # Keys of the training configuration that do not change what a run computes; they stay out of its hash.
 _NOT_HASHED = ("runs_dir", "force", "progress", "weights_dir", "gradient_checkpointing")
+#: TrainConfig fields added after the first records, with their defaults: such a field enters the hash only when
+#: set away from its default, so adding one leaves every existing run id as it was (petl.config.LATER_FIELDS is
+#: the same rule for PETLConfig fields).
+LATER_TRAIN_FIELDS: dict = {}
 
 
 class RecordError(ValueError):
@@ -78,9 +84,10 @@ def config_hash(resolved: dict) -> str:
     """Short stable hash (8 hex digits) of what a run computes: the resolved train and petl fields, and the
     version of the method's computation once it is past 1 (petl.config.COMPUTATION_VERSION). Settings that do not
     change a result (where records go, progress bars, exact gradient checkpointing) and petl fields added later
-    and left at their defaults (petl.config.LATER_FIELDS) stay out, so unchanged methods keep their run ids."""
+    and left at their defaults (petl.config.LATER_FIELDS, LATER_TRAIN_FIELDS) stay out, so unchanged methods keep their run ids."""
     def strip(d):
-        return {k: v for k, v in d.items() if k not in _NOT_HASHED}
+        return {k: v for k, v in d.items()
+                if k not in _NOT_HASHED and not (k in LATER_TRAIN_FIELDS and v == LATER_TRAIN_FIELDS[k])}
     method = {k: v for k, v in resolved.get("petl", {}).items()
               if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     payload = {"train": strip(resolved.get("train", {})), "petl": method}
@@ -182,28 +189,8 @@ def device_info(device: Any = None, num_processes: int = 1) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# Atomic writing
+# Writing records (atomic writes: petl.files)
 # --------------------------------------------------------------------------------------------------
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a file through a temporary name in the same folder, fsync, and os.replace it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
 
 def _json_default(o):
     if hasattr(o, "item"):          # numpy / torch scalars
@@ -251,7 +238,7 @@ def _write_record_files(tmp: Path, config: dict, metrics: dict, history: list[di
         shutil.copyfile(src, tmp / name)
         with open(tmp / name, "rb") as f:
             os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
 
 
 def write_record(runs_dir: str | os.PathLike, rid: str, config: dict, metrics: dict,
@@ -308,19 +295,14 @@ def write_record(runs_dir: str | os.PathLike, rid: str, config: dict, metrics: d
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    _fsync_dir(runs_dir)
+    fsync_dir(runs_dir)
     return final
 
 
 def add_file_to_record(record_dir: str | os.PathLike, name: str, src: str | os.PathLike) -> Path:
     """Copy a file (e.g. the executed notebook) into an existing record atomically."""
     record_dir = Path(record_dir)
-    tmp = record_dir / f".{name}.tmp-{os.getpid()}"
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, record_dir / name)
-    _fsync_dir(record_dir)
+    write_atomic(record_dir / name, Path(src).read_bytes())
     return record_dir / name
 
 
@@ -670,15 +652,44 @@ def record_status(runs_dir: str | os.PathLike, rid: str) -> str | None:
     return metrics["status"]
 
 
-def is_complete(runs_dir: str | os.PathLike, config: Any) -> bool:
-    """True if runs_dir holds a complete, readable record of this configuration.
-
-    ``config`` is a TrainConfig, a dict of its fields, or a run id string.
-    """
-    if isinstance(config, str):
-        rid = config
-    else:
-        from petl.train import TrainConfig, resolve_run
-        cfg = config if isinstance(config, TrainConfig) else TrainConfig(**config)
-        rid = resolve_run(cfg)["run_id"]
+def is_complete(runs_dir: str | os.PathLike, rid: str) -> bool:
+    """True if runs_dir holds a complete, readable record of this run id (`petl.train_config.resolve_run`
+    gives a configuration's id)."""
     return record_status(runs_dir, rid) == "complete"
+
+
+@dataclass
+class RunRecord:
+    """A run's record folder, with its config and metrics loaded."""
+    path: Path
+    config: dict
+    metrics: dict
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        return self.metrics["status"]
+
+    @property
+    def history(self):
+        """Per-step history as a DataFrame (empty if none)."""
+        import pandas as pd
+        f = self.path / "history.csv"
+        return pd.read_csv(f) if f.exists() else pd.DataFrame()
+
+    @property
+    def weights_path(self) -> Path | None:
+        """The run's saved method: the record's weights/ folder (or, for records made before weights moved into
+        the record, ``<runs dir>/../.weights/<run id>``); None when the run saved none."""
+        w = self.metrics.get("weights")
+        if not w:
+            return None
+        return self.path / w if w == WEIGHTS else self.path.parent.resolve().parent / w
+
+    @classmethod
+    def load(cls, path) -> "RunRecord":
+        config, metrics = read_record(path)
+        return cls(Path(path), config, metrics)

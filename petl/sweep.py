@@ -155,7 +155,7 @@ def grid_files(paths: list[str | os.PathLike]) -> list[Path]:
 def plan(paths: list[str | os.PathLike], notebook: str | os.PathLike = DEFAULT_NOTEBOOK,
          runs_dir: str | os.PathLike = "runs") -> list[tuple[dict, str]]:
     """Validate every point of the grids and return [(notebook parameters, run id)], nothing run yet."""
-    from petl.train import TrainConfig, resolve_run
+    from petl.train_config import TrainConfig, resolve_run
     defaults = notebook_parameters(notebook)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     points = []
@@ -172,7 +172,7 @@ def plan(paths: list[str | os.PathLike], notebook: str | os.PathLike = DEFAULT_N
             params = {**defaults, **point}
             train_args = {k: v for k, v in params.items() if k in fields}
             try:
-                rid = resolve_run(TrainConfig(**train_args))["run_id"]
+                rid = resolve_run(TrainConfig(**train_args)).run_id
             except (ValueError, TypeError) as e:
                 raise GridError(f"{path}: point {point}: {e}") from None
             points.append((point, rid))

@@ -119,6 +119,7 @@ from typing import Callable, Mapping, Sequence
 import datasets
 
 from petl import l10n
+from petl.files import file_lock
 from petl.assets import RO_CATALOGUES
 
 __all__ = [
@@ -508,7 +509,7 @@ def _build_unless_usable(spec: TaskSpec, builder, folders: Mapping[str, Path], r
     """Under the build lock: the cache loaded if it is sound (another process may have just built it),
     else None after (re)building it, with one line on stderr saying why a cache that was there is not used."""
     root.mkdir(parents=True, exist_ok=True)
-    with _build_lock(root / f".{target.name}.lock"):  # several processes (torchrun ranks) may start at once
+    with file_lock(root / f".{target.name}.lock"):  # several processes (torchrun ranks) may start at once
         problem = "a rebuild was asked for" if rebuild else _cache_problem(target)
         if problem is None:
             try:
@@ -558,22 +559,6 @@ def _load_cached(target: Path) -> datasets.DatasetDict:
         return datasets.load_from_disk(str(target))
     except Exception as exc:
         raise _Unreadable(f"{type(exc).__name__}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def _build_lock(path: Path):
-    """An exclusive POSIX file lock (a no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _build_into(spec: TaskSpec, builder, folders: Mapping[str, Path], root: Path, target: Path) -> None:

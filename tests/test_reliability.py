@@ -45,7 +45,7 @@ def test_a_training_set_smaller_than_one_batch_fails_at_once_naming_the_fix(tiny
     with pytest.raises(RunConfigError, match=r"4 examples \(max_train_examples=4\), fewer than one batch "
                                              r"\(batch_size=8\): set batch_size to at most 4"):
         train(config, runs_dir=tmp_path)
-    assert runs.record_status(tmp_path, resolve_run(config)["run_id"]) is None
+    assert runs.record_status(tmp_path, resolve_run(config).run_id) is None
     assert main(["train", "--model", tiny, "--variant", "lora", "--max-steps", "2", "--max-train-examples", "4",
                  "--batch-size", "8", "--runs-dir", str(tmp_path)]) == 2
 

@@ -63,8 +63,8 @@ def test_defaults_come_from_the_cpu_budget_and_table_8():
 
 
 def test_overrides_change_the_run_id():
-    a = resolve_run(TrainConfig(variant="lora"))["run_id"]
-    b = resolve_run(TrainConfig(variant="lora", overrides={"attn_bn": 8}))["run_id"]
+    a = resolve_run(TrainConfig(variant="lora")).run_id
+    b = resolve_run(TrainConfig(variant="lora", overrides={"attn_bn": 8})).run_id
     assert a != b and a.startswith("rt-polarity_minilm_lora_seed0_150steps_")
 
 
@@ -98,7 +98,8 @@ def test_run_writes_a_complete_record_and_same_seed_gives_same_metrics(tiny, tmp
     assert (forced.path / "metrics.json").stat().st_mtime_ns != mtime
     assert forced.metrics["test"] == first.metrics["test"]
     assert len(runs.load_runs(tmp_path / "a")) == 2
-    assert runs.is_complete(tmp_path / "a", _cfg(tiny)) and not runs.is_complete(tmp_path / "a", _cfg(tiny, seed=9))
+    assert runs.is_complete(tmp_path / "a", resolve_run(_cfg(tiny)).run_id)
+    assert not runs.is_complete(tmp_path / "a", resolve_run(_cfg(tiny, seed=9)).run_id)
 
 
 def test_nan_loss_stops_the_run_with_a_failed_record_naming_the_step(tiny, tmp_path):
@@ -157,7 +158,7 @@ def test_sigkill_at_any_phase_leaves_no_counted_record_and_a_rerun_completes(tin
     other = train(_cfg(tiny, seed=5), runs_dir=runs_dir)             # a finished record that must stay as is
     other_bytes = {f.relative_to(other.path): f.read_bytes() for f in other.path.rglob("*") if f.is_file()}
     victim = _cfg(tiny)
-    rid = resolve_run(victim)["run_id"]
+    rid = resolve_run(victim).run_id
     if force:                                                        # killed while replacing a record
         train(victim, runs_dir=runs_dir)
     flag = str(tmp_path / "paused")
