@@ -12,7 +12,8 @@ A grid file is YAML with two mappings (both optional, at least one point results
 Before anything runs, every parameter name is checked against the notebook's ``parameters`` cell and every
 point's names (variant, task, model) and values are validated. Then, for each point: skip it if its record
 is complete (unless ``--force``); skip it if another live sweep holds its lock; else run the notebook with
-papermill under the run's lock, and copy the executed notebook into the record. A failing point (an error,
+papermill under the run's lock, and copy the executed notebook into the record (without its images:
+``record_notebook``). A failing point (an error,
 a NaN loss) does not stop the sweep; failures are listed at the end and the exit code is 1. Running the same
 sweep again after an interruption continues where it stopped (complete runs are skipped).
 """
@@ -197,6 +198,37 @@ def _failure_reason(runs_dir: Path, rid: str, error: BaseException | None) -> st
     return f"no record was written under {rid} (status {status})"
 
 
+def record_notebook(notebook: Path) -> str:
+    """The executed notebook as a record keeps it: images dropped (the book redraws every figure from the
+    record's history.csv) and each run of stream outputs merged into one, with progress-bar redraws (``\\r``)
+    reduced to their last state. The code, the parameters papermill injected and every printed line stay."""
+    import json
+    nb = json.loads(notebook.read_text())
+    for cell in nb.get("cells", []):
+        kept: list[dict] = []
+        for output in cell.get("outputs", []):
+            data = output.get("data")
+            if data and any(k.startswith("image/") for k in data):
+                output = dict(output, data={"text/plain": "[figure not kept in the record: the book redraws it "
+                                                          "from history.csv]"})
+            if output.get("output_type") == "stream" and kept and kept[-1].get("output_type") == "stream" \
+                    and kept[-1].get("name") == output.get("name"):
+                kept[-1]["text"] = _text(kept[-1]) + _text(output)
+                continue
+            kept.append(dict(output))
+        for output in kept:
+            if output.get("output_type") == "stream":
+                output["text"] = "".join(line.rsplit("\r", 1)[-1] for line in _text(output).splitlines(True))
+        if "outputs" in cell:
+            cell["outputs"] = kept
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+def _text(output: dict) -> str:
+    text = output.get("text", "")
+    return "".join(text) if isinstance(text, list) else text
+
+
 def _record_named_in(notebook: Path) -> str | None:
     """The record path the notebook printed ('record: <path>' in a cell's output, not its source), if any."""
     import json
@@ -244,6 +276,7 @@ def run_point(index: int, total: int, point: dict, rid: str, runs_dir: Path, not
             status = runs.record_status(runs_dir, rid)
             fresh = _mtime(runs_dir / rid) != before
             if status in ("complete", "failed") and fresh and out_nb.exists():
+                out_nb.write_text(record_notebook(out_nb))
                 runs.add_file_to_record(runs_dir / rid, "train.ipynb", out_nb)
             named = _record_named_in(out_nb)
             if out_nb.exists():

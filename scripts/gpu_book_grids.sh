@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Run grid points of the book on a CUDA machine that has no internet, several workers at once on one GPU.
+# Run grid points of the book on a CUDA machine that has no internet: `python -m petl sweep` (papermill executes
+# notebooks/train.ipynb for each point, several at once on one GPU), exactly as on any other machine.
 #
 #   PETL_GIT_COMMIT=<commit> OUT=/some/folder WORKERS=6 LIMIT_S=420 bash scripts/gpu_book_grids.sh book/grids-gpu/gen_xsum.yaml ...
 #
 # The machine's copy has no .git: PETL_GIT_COMMIT (the commit the copy was made from) goes into every record.
+# Its Python lacks papermill, the Jupyter kernel and datasets: `bash scripts/gpu_wheels.sh` downloads them here
+# into .whl/; carry .whl and this script installs them into /tmp/site and puts that on PYTHONPATH.
 #
 # Assets come from $PETL_ASSETS (complete asset folders carried from a machine that fetched them) or are
 # installed from distribution files in $PETL_ASSET_FILES (sha256-checked, as `petl.assets` does everywhere).
-# Each worker runs every WORKERS-th point in one process (scripts/run_grid_in_process.py: same run ids as
-# `python -m petl sweep`; every record names its device). Workers start from a copy of runs/, so complete
-# points are skipped. After LIMIT_S seconds the workers are stopped: a run cut short leaves no record.
+# The sweep starts from a copy of runs/, so complete points are skipped. After LIMIT_S seconds the sweep and its
+# notebook kernels are stopped (timeout signals the whole process group): a run cut short leaves no record.
 # What comes back: $OUT/new-runs.tgz (only the records this script completed) and $OUT/grid.log.
 set -u
 cd "$(dirname "$0")/.."
@@ -20,6 +22,13 @@ LIMIT_S="${LIMIT_S:-420}"
 mkdir -p "$OUT"
 work=$(mktemp -d)
 LOG="$work/grid.log"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "error: installing the carried wheels (.whl/) failed" >&2; exit 1; }
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$PY" -c "import papermill, ipykernel, datasets" 2>/dev/null \
+  || { echo "error: $PY cannot import papermill, ipykernel and datasets: run 'bash scripts/gpu_wheels.sh' on a machine with the registry and carry .whl/" >&2; exit 1; }
 {
   date -u +"start %Y-%m-%dT%H:%M:%SZ"
   [ -n "${PETL_GIT_COMMIT:-}" ] || echo "warning: PETL_GIT_COMMIT is not set and this copy has no .git: records will name no commit"
@@ -44,16 +53,12 @@ PY
 
 cp -r runs "$work/runs"
 before=$(ls "$work/runs")
-for i in $(seq 0 $((WORKERS - 1))); do
-  PYTHONUNBUFFERED=1 timeout -k 10 "$LIMIT_S" "$PY" scripts/run_grid_in_process.py "$@" --runs-dir "$work/runs" \
-    --shard "$i/$WORKERS" > "$work/worker$i.log" 2>&1 &
-done
-wait
-for i in $(seq 0 $((WORKERS - 1))); do
-  echo "== worker $i"; grep -E '^\[|FAILED|Error|error' "$work/worker$i.log" | tail -40
-done >> "$LOG"
+PYTHONUNBUFFERED=1 timeout -k 10 "$LIMIT_S" "$PY" -m petl sweep "$@" --runs-dir "$work/runs" --jobs "$WORKERS" \
+  > "$work/sweep.log" 2>&1
+echo "sweep exit status $? (124: stopped at LIMIT_S=$LIMIT_S)" >> "$LOG"
+grep -E '^\[|^sweep done|FAILED|^  ' "$work/sweep.log" | tail -80 >> "$LOG"
 new=$(comm -13 <(echo "$before") <(ls "$work/runs"))
 echo "new records: $(echo $new | wc -w)" | tee -a "$LOG"
-[ -n "$new" ] && tar -C "$work/runs" -czf "$OUT/new-runs.tgz" $new
+[ -n "$new" ] && tar -C "$work/runs" --exclude="*/weights" -czf "$OUT/new-runs.tgz" $new   # weights stay there
 date -u +"end %Y-%m-%dT%H:%M:%SZ" >> "$LOG"
 cp "$LOG" "$OUT/"
