@@ -25,6 +25,7 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build -W --builder html book
 	$(PY) .ci/check_offline_html.py book/_build/html
 	$(PY) -m petl.book check book/_build/html
+	$(PY) -m petl.browser book/_build/html
 	@echo "The book is at book/_build/html/index.html"
 
 # `make assets` fetches the default assets; `make assets ASSETS=bigbench` (or ASSETS=--all) more.
