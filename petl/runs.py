@@ -61,7 +61,7 @@ STATUSES = ("complete", "failed")
 RESERVED_FOLDERS = ("baselines", "benchmarks", "cpu-timing", "l10n", "reference")  # not run records of the book's grids
 
 # Keys of the training configuration that do not change what a run computes; they stay out of its hash.
-_NOT_HASHED = ("runs_dir", "force", "progress", "weights_dir", "gradient_checkpointing")
+_NOT_HASHED = ("runs_dir", "force", "progress", "weights_dir", "gradient_checkpointing", "checkpoint_every")
 #: TrainConfig fields added after the first records, with their defaults: such a field enters the hash only when
 #: set away from its default, so adding one leaves every existing run id as it was (petl.config.LATER_FIELDS is
 #: the same rule for PETLConfig fields).
@@ -214,21 +214,26 @@ def staging_dir(runs_dir: str | os.PathLike, rid: str) -> Path:
     return path
 
 
+def history_csv(history: list[dict]) -> str:
+    """A run's per-step rows as CSV text (columns in order of first appearance; dev metrics on eval steps)."""
+    import csv
+    import io
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buf.getvalue()
+
+
 def _write_record_files(tmp: Path, config: dict, metrics: dict, history: list[dict] | None,
                         extra_files: dict[str, Path] | None) -> None:
     """config.json, metrics.json, history.csv and the extra files of a record, fsync'ed, into `tmp`."""
-    import csv
     files = {"config.json": _dump(config), "metrics.json": _dump(metrics)}
     if history:
-        columns: list[str] = []
-        for row in history:
-            columns += [k for k in row if k not in columns]
-        import io
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        w.writeheader()
-        w.writerows(history)
-        files["history.csv"] = buf.getvalue()
+        files["history.csv"] = history_csv(history)
     for name, text in files.items():
         with open(tmp / name, "w") as f:
             f.write(text)
@@ -328,7 +333,8 @@ def clean_stale_temp(runs_dir: str | os.PathLike, rid: str | None = None) -> lis
 def clean_leftovers(runs_dir: str | os.PathLike) -> list[Path]:
     """Remove what killed processes left in a runs folder and return it: temporary and trash record folders,
     the sweep's working notebooks (``.notebooks/<run id>-<pid>.ipynb``), probe folders, locks of dead processes
-    and damaged locks (after a warning naming them), and the temporary weight folders of records made before
+    and damaged locks (after a warning naming them), the checkpoints of runs whose record is complete and
+    half-written checkpoints of dead processes, and the temporary weight folders of records made before
     weights moved into the record (``../.weights/.tmp-<run id>-<pid>``). Only what a dead process left."""
     runs_dir = Path(runs_dir)
     removed = clean_stale_temp(runs_dir)
@@ -360,6 +366,15 @@ def clean_leftovers(runs_dir: str | os.PathLike) -> list[Path]:
             warnings.warn(f"removing the stale lock of {_owner(info, lock)}: {lock}", stacklevel=2)
         lock.unlink(missing_ok=True)
         removed.append(lock)
+    for folder in (runs_dir / ".checkpoints").glob("*"):          # petl.checkpoints: a run's resumable states
+        if record_status(runs_dir, folder.name) == "complete":     # killed between its record and their removal
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            continue
+        for tmp in folder.glob(".tmp-step-*"):
+            if dead(tmp.name.rsplit("-", 1)[-1]):
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
     legacy = runs_dir.resolve().parent / ".weights"
     for tmp in legacy.glob(".tmp-*"):
         if tmp.is_dir() and dead(tmp.name.rsplit("-", 1)[-1]):

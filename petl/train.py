@@ -19,6 +19,11 @@ From the shell (one process)::
 
     python -m petl train --variant mam --task rt-polarity --model minilm --max-steps 100
 
+A killed run resumes: every ``checkpoint_every`` steps (default: at each dev evaluation) the method, optimizer,
+scheduler, random states and data position go to ``runs/.checkpoints/<run id>/`` (``petl.checkpoints``), and the
+same command started again continues from the newest one, computing what the uninterrupted run computes.
+``force=True`` starts from step 0. The checkpoints are removed once the record is written.
+
 Data parallel (several GPUs, or several CPU processes with the gloo backend): the same command under
 ``torchrun`` or ``accelerate launch``; ``batch_size`` stays the *global* batch (each of N processes gets
 batch_size / N examples per step, ``split_batches=True``), only process 0 writes the record::
@@ -38,7 +43,7 @@ badly (measured: 4.4 s/step with 2 threads vs 1.1 s/step with ``OMP_NUM_THREADS=
 load average 6 on 2 cores). Run concurrent trainings with ``OMP_NUM_THREADS=1``.
 
 Test hooks (environment variables; used by the tests to kill a real run at a chosen moment):
-``PETL_PAUSE_AT=train|eval|weights|record|replace`` (comma-separated) with ``PETL_PAUSE_FILE=path``:
+``PETL_PAUSE_AT=train|eval|checkpoint-<step>|weights|record|replace`` (comma-separated) with ``PETL_PAUSE_FILE=path``:
 on reaching that phase the process writes the phase name to the file and sleeps until killed.
 """
 from __future__ import annotations
@@ -50,7 +55,7 @@ import sys
 import time
 from pathlib import Path
 
-from petl import runs
+from petl import checkpoints, progress, runs
 from petl.files import write_atomic
 from petl.runs import RunRecord
 # The configuration lives in petl.train_config; these names are re-exported for `from petl.train import ...`.
@@ -87,6 +92,8 @@ def train(config: TrainConfig | dict, runs_dir: str | os.PathLike = "runs", forc
         if not force and runs.record_status(runs_dir, rid) == "complete":   # finished while we waited
             return RunRecord.load(runs_dir / rid)
         runs.clean_leftovers(runs_dir)         # what killed runs left (their processes are gone)
+        if force:
+            checkpoints.remove(runs_dir, rid)  # force: from step 0, not from a killed run's checkpoint
         return _run(run, runs_dir)
 
 
@@ -96,7 +103,6 @@ def _run(run: ResolvedRun, runs_dir: Path) -> RunRecord:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     import petl
@@ -154,21 +160,38 @@ def _run(run: ResolvedRun, runs_dir: Path) -> RunRecord:
         model, optimizer, train_loader, *eval_loaders.values())
     eval_loaders = dict(zip(eval_loaders, loaders))
 
-    # ---- training loop ------------------------------------------------------------------------------
+    # ---- training loop (resumed from the run's last checkpoint, if a killed process left one) -------
     history: list[dict] = []
     best = {"score": -math.inf, "step": None, "state": None, "dev": None}
     primary = spec.primary_metric
     train_tokens, train_time, step = 0, 0.0, 0
     failure = None
-    bar = tqdm(total=max_steps, disable=not (main and cfg.progress), mininterval=2, desc=rid[:40])
+    checkpoint_every = cfg.checkpoint_every or eval_every
+    resume = checkpoints.latest(runs_dir, rid)
+    if resume is None:
+        batches = Batches(train_loader, g)
+    else:
+        saved = checkpoints.load(resume, rid)
+        with torch.no_grad():
+            params = dict(accelerator.unwrap_model(model).named_parameters())
+            for name, value in saved["trainable"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        history, best, step = saved["history"], saved["best"], saved["step"]
+        train_tokens, train_time = saved["train_tokens"], saved["train_time_s"]
+        batches = Batches(train_loader, g, **saved["data"])          # the same batches from here on
+        checkpoints.set_rng_states(saved["rng"])                      # the same dropout masks
+        if main:                                                      # said even without progress bars
+            print(f"resumed from {resume} (step {step} of {max_steps})", flush=True)
+    bar = progress.bar(total=max_steps, initial=step, disable=not (main and cfg.progress), mininterval=2, desc=rid[:40])
     model.train()
-    data_iter = _forever(train_loader)
     try:
         while step < max_steps:
             t0 = time.perf_counter()
             tokens = 0
             for _ in range(cfg.grad_accum):
-                batch = next(data_iter)
+                batch = next(batches)
                 with accelerator.autocast():
                     loss = _loss(model, batch, family, cfg.label_smoothing) / cfg.grad_accum
                 accelerator.backward(loss)
@@ -204,6 +227,15 @@ def _run(run: ResolvedRun, runs_dir: Path) -> RunRecord:
                     bar.write(f"step {step}: dev {primary} {dev[primary]:.4f} "
                               f"(best {best['score']:.4f} at step {best['step']})")
             history.append(row)
+            if step % checkpoint_every == 0 and step < max_steps:
+                if main:
+                    checkpoints.save(runs_dir, rid, step, {
+                        "trainable": _trainable_state(model), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "rng": checkpoints.rng_states(),
+                        "data": batches.position(), "history": history, "best": best,
+                        "train_tokens": train_tokens, "train_time_s": train_time}, runs.history_csv(history))
+                accelerator.wait_for_everyone()
+                _pause(f"checkpoint-{step}")
     except NonFiniteLoss as e:
         failure = e
     bar.close()
@@ -244,6 +276,7 @@ def _finish(accelerator, runs_dir, run: ResolvedRun, metrics, history, save=None
                   "versions": runs.package_versions(), "git": runs.git_commit(),
                   "device": runs.device_info(accelerator.device, accelerator.num_processes)}
         runs.write_record(runs_dir, rid, config, metrics, history, pause=_pause, weights=save)
+        checkpoints.remove(runs_dir, rid)          # the record is the result now
     accelerator.wait_for_everyone()
     return RunRecord.load(Path(runs_dir) / rid)
 
@@ -354,17 +387,41 @@ def _head(dataset, n: int | None):
     return dataset if n is None or n >= len(dataset) else dataset.select(range(n))
 
 
-def _forever(loader):
-    """Cycle through the training loader (a new shuffle each epoch); an epoch without a batch is an error, not an
-    endless loop."""
-    epoch = 0
-    while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        batches = 0
-        for batch in loader:
-            batches += 1
-            yield batch
-        if batches == 0:
-            raise RuntimeError("the training loader gave no batch in a whole epoch (fewer examples than one batch)")
-        epoch += 1
+class Batches:
+    """The training batches, epoch after epoch (a new shuffle each), with their position: the epoch, the batches
+    taken in it and the shuffling generator's state at its start. ``Batches(loader, generator, **position)``
+    continues exactly where that position was (a resumed run draws the same batches as an uninterrupted one).
+    An epoch without a batch is an error, not an endless loop."""
+
+    def __init__(self, loader, generator=None, epoch: int = 0, taken: int = 0, epoch_state=None):
+        self.loader, self.generator, self.epoch = loader, generator, epoch
+        if epoch_state is not None:
+            generator.set_state(epoch_state)
+        self._start_epoch()
+        for _ in range(taken):
+            next(self)
+
+    def _start_epoch(self) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(self.epoch)
+        self.epoch_state = self.generator.get_state() if self.generator is not None else None
+        self._batches, self.taken = iter(self.loader), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            if self.taken == 0:
+                raise RuntimeError("the training loader gave no batch in a whole epoch (fewer examples than one "
+                                   "batch)") from None
+            self.epoch += 1
+            self._start_epoch()
+            return next(self)
+        self.taken += 1
+        return batch
+
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "taken": self.taken, "epoch_state": self.epoch_state}

@@ -89,6 +89,7 @@ class TrainConfig:
     save_weights: bool = True
     progress: bool = True
     gradient_checkpointing: bool = False  # recompute activations in backward (exact, both kinds): less memory
+    checkpoint_every: int | None = None  # steps between resumable checkpoints (petl.checkpoints); None: eval_every
 
     def validate(self) -> "TrainConfig":
         """Check names and values; raise ValueError naming the bad field and what is valid."""
@@ -103,7 +104,7 @@ class TrainConfig:
             raise ValueError(f"set max_steps ({self.max_steps}) or epochs ({self.epochs}), not both")
         for name in ("max_steps", "batch_size", "eval_every", "eval_batch_size", "max_train_examples",
                      "max_eval_examples", "max_test_examples", "grad_accum", "num_beams",
-                     "max_source_length", "max_target_length", "gen_max_length"):
+                     "max_source_length", "max_target_length", "gen_max_length", "checkpoint_every"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {v!r}")

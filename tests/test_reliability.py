@@ -2,7 +2,6 @@
 leftovers cleaned. Tiny budgets on a tiny random BERT; faults injected where the machine cannot make them (a
 full disk)."""
 import errno
-import itertools
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ import yaml
 import petl
 from petl import runs, sweep
 from petl.__main__ import main
-from petl.train import RunConfigError, TrainConfig, _forever, notebook_config, resolve_run, train
+from petl.train import RunConfigError, TrainConfig, notebook_config, resolve_run, train
 from tiny_models import tiny_model
 from training_helpers import ROOT, TINY, tiny_bert_folder
 
@@ -48,12 +47,6 @@ def test_a_training_set_smaller_than_one_batch_fails_at_once_naming_the_fix(tiny
     assert runs.record_status(tmp_path, resolve_run(config).run_id) is None
     assert main(["train", "--model", tiny, "--variant", "lora", "--max-steps", "2", "--max-train-examples", "4",
                  "--batch-size", "8", "--runs-dir", str(tmp_path)]) == 2
-
-
-def test_an_epoch_without_a_batch_is_an_error_not_an_endless_loop():
-    with pytest.raises(RuntimeError, match="no batch in a whole epoch"):
-        list(itertools.islice(_forever([]), 1))
-    assert list(itertools.islice(_forever([1, 2]), 5)) == [1, 2, 1, 2, 1]
 
 
 def test_the_sweep_stops_a_point_over_its_time_limit(tiny, tmp_path, monkeypatch):
