@@ -11,7 +11,7 @@ TEST_ASSETS := minilm smollm2-135m rt-polarity ro-l10n
 BOOK_ASSETS := --all
 ASSETS ?=
 
-.PHONY: test book assets clean-book constraints
+.PHONY: test book lab assets clean-book constraints
 
 test: $(STAMP)
 	$(PY) -m petl.assets fetch $(TEST_ASSETS)
@@ -27,6 +27,12 @@ book: $(STAMP)
 	$(PY) -m petl.book check book/_build/html
 	$(PY) -m petl.browser book/_build/html
 	@echo "The book is at book/_build/html/index.html"
+
+# JupyterLab on the project, with this environment registered as the kernel "petl" (--user: other Jupyter
+# installations of this user see it too). Progress bars are widgets there (petl.progress).
+lab: $(STAMP)
+	$(PY) -m ipykernel install --user --name petl --display-name "petl (.venv, Python 3.11)"
+	$(VENV)/bin/jupyter lab --notebook-dir=. notebooks/
 
 # `make assets` fetches the default assets; `make assets ASSETS=bigbench` (or ASSETS=--all) more.
 assets: $(STAMP)
@@ -47,5 +53,5 @@ $(PY):
 	$(PY) -m pip install --quiet "pip==26.3"
 
 $(STAMP): pyproject.toml constraints.txt | $(PY)
-	$(PY) -m pip install --no-compile -c constraints.txt -e ".[test,bench]"
+	$(PY) -m pip install --no-compile -c constraints.txt -e ".[test,bench,lab,cluster]"
 	touch $@

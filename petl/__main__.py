@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="points run at once, each with cores/jobs threads (default 1)")
     s.add_argument("--timeout", type=float, default=None,
                    help="seconds a point may run before it is stopped and reported failed (default: no limit)")
+    s.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: run the points here (default); slurm: submit them as a SLURM job array (submitit) "
+                        "and wait")
+    s.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="a SLURM resource of every task, over the grid's 'slurm:' mapping, e.g. --slurm "
+                        "partition=gpu --slurm gpus_per_node=1 --slurm time=600 (minutes)")
     s.add_argument("--clean", action="store_true",
                    help="remove the leftovers of killed runs and sweeps (temporary folders, working notebooks, "
                         "stale or damaged locks) and exit")
@@ -84,8 +90,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             kw = {"notebook": args.notebook} if args.notebook else {}
+            slurm = {}
+            for item in args.slurm:
+                key, sep, value = item.partition("=")
+                if not sep or not key:
+                    raise sweep.GridError(f"--slurm {item!r}: give KEY=VALUE, e.g. --slurm partition=gpu")
+                slurm[key] = _value(value)
             outcomes = sweep.sweep(args.grids, runs_dir=args.runs_dir, force=args.force,
-                                   dry_run=args.dry_run, jobs=args.jobs, timeout=args.timeout, **kw)
+                                   dry_run=args.dry_run, jobs=args.jobs, timeout=args.timeout,
+                                   executor=args.executor, slurm=slurm, **kw)
         except (sweep.GridError, runs.RunsDirError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -109,9 +109,10 @@ def read_grid(path: str | os.PathLike) -> list[dict]:
                         "(lists to combine)")
     if not isinstance(spec, dict):
         raise GridError(f"grid file {path}: expected a mapping with 'fixed' and/or 'grid'")
-    unknown = set(spec) - {"fixed", "grid"}
+    unknown = set(spec) - {"fixed", "grid", "slurm"}
     if unknown:
-        raise GridError(f"grid file {path}: unknown top-level key(s) {sorted(unknown)}; valid: fixed, grid")
+        raise GridError(f"grid file {path}: unknown top-level key(s) {sorted(unknown)}; valid: fixed, grid, slurm")
+    slurm_resources(path, spec)                                    # checked here, used by --executor slurm
     fixed, grid = spec.get("fixed") or {}, spec.get("grid") or {}
     if not isinstance(fixed, dict) or not isinstance(grid, dict):
         raise GridError(f"grid file {path}: 'fixed' and 'grid' must be mappings")
@@ -129,6 +130,25 @@ def read_grid(path: str | os.PathLike) -> list[dict]:
     names = list(grid)
     points = [{**fixed, **dict(zip(names, combo))} for combo in itertools.product(*grid.values())]
     return [{k: _number(v) for k, v in p.items()} for p in points]
+
+
+#: What a grid's ``slurm:`` mapping or ``--slurm KEY=VALUE`` may set: submitit's SlurmExecutor parameters.
+SLURM_KEYS = ("partition", "time", "cpus_per_task", "gpus_per_node", "mem", "array_parallelism", "account", "qos",
+              "constraint", "exclude", "nodelist", "setup", "additional_parameters")
+
+
+def slurm_resources(path: str | os.PathLike, spec: dict | None = None) -> dict:
+    """The ``slurm:`` mapping of a grid file (resources of each of its points' SLURM tasks), checked."""
+    import yaml
+    if spec is None:
+        spec = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_yaml_loader()) or {}
+    resources = spec.get("slurm") or {}
+    if not isinstance(resources, dict):
+        raise GridError(f"grid file {path}: 'slurm' must be a mapping of {', '.join(SLURM_KEYS)}")
+    unknown = sorted(set(resources) - set(SLURM_KEYS))
+    if unknown:
+        raise GridError(f"grid file {path}: unknown slurm resource(s) {unknown}; valid: {', '.join(SLURM_KEYS)}")
+    return resources
 
 
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -208,6 +228,9 @@ def record_notebook(notebook: Path) -> str:
         kept: list[dict] = []
         for output in cell.get("outputs", []):
             data = output.get("data")
+            if data and _WIDGET in data:                        # a widget's view is its state, not a record
+                output = dict(output, data={k: v for k, v in data.items() if k != _WIDGET})
+                data = output["data"]
             if data and any(k.startswith("image/") for k in data):
                 output = dict(output, data={"text/plain": "[figure not kept in the record: the book redraws it "
                                                           "from history.csv]"})
@@ -221,7 +244,11 @@ def record_notebook(notebook: Path) -> str:
                 output["text"] = "".join(line.rsplit("\r", 1)[-1] for line in _text(output).splitlines(True))
         if "outputs" in cell:
             cell["outputs"] = kept
+    nb.get("metadata", {}).pop("widgets", None)
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+_WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 def _text(output: dict) -> str:
@@ -303,13 +330,21 @@ def _mtime(path: Path) -> float | None:
 
 def sweep(paths: list[str | os.PathLike], runs_dir: str | os.PathLike = "runs", force: bool = False,
           dry_run: bool = False, notebook: str | os.PathLike = DEFAULT_NOTEBOOK, jobs: int = 1,
-          log=print, timeout: float | None = None) -> list[Outcome]:
+          log=print, timeout: float | None = None, executor: str = "local",
+          slurm: dict | None = None) -> list[Outcome]:
     """Run every point of the grids; return the outcomes (see the module docstring). `timeout` (seconds)
     stops a point that runs longer (reported failed; the sweep goes on).
 
     ``jobs`` > 1 runs that many points at once, each notebook kernel with cores / jobs threads
     (OMP_NUM_THREADS): on a CPU, small models use cores better as parallel runs than as threads of one run.
+
+    ``executor="slurm"`` submits the points whose record is not complete as one SLURM job array per grid file
+    (submitit; one point per task, each still `run_point`: the notebook under the run's lock), with the grid's
+    ``slurm:`` resources updated by ``slurm``, and waits for them. A preempted or timed-out task is requeued and
+    resumes from its checkpoint; submitit's logs are in ``<runs dir>/.slurm/``.
     """
+    if executor not in EXECUTORS:
+        raise GridError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if not isinstance(jobs, int) or jobs < 1:
         raise GridError(f"jobs must be a positive integer, got {jobs!r}")
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
@@ -338,7 +373,9 @@ def sweep(paths: list[str | os.PathLike], runs_dir: str | os.PathLike = "runs", 
         log(f"[{i}/{total}] {rid} ... {outcome.status}{detail}, {outcome.seconds:.1f} s")
         return outcome
 
-    if jobs == 1:
+    if executor == "slurm":
+        outcomes = _on_slurm(paths, points, runs_dir, notebook, force, timeout, slurm or {}, log)
+    elif jobs == 1:
         outcomes = [one(item) for item in enumerate(points, 1)]
     else:
         from concurrent.futures import ThreadPoolExecutor
@@ -361,6 +398,65 @@ def sweep(paths: list[str | os.PathLike], runs_dir: str | os.PathLike = "runs", 
     if failed:
         log("FAILED runs:\n" + "\n".join(f"  [{o.index}/{total}] {o.run_id}: {o.reason}" for o in failed))
     return outcomes
+
+
+EXECUTORS = ("local", "slurm")
+
+
+class _SlurmPoint:
+    """One grid point as a SLURM task (submitit pickles it): `run_point`, requeued with the same arguments when
+    SLURM preempts or times it out (submitit calls `checkpoint`); the run resumes from its own checkpoint."""
+
+    def __call__(self, *args):
+        return run_point(*args)
+
+    def checkpoint(self, *args):
+        from submitit.helpers import DelayedSubmission
+        return DelayedSubmission(self, *args)
+
+
+def _on_slurm(paths, points, runs_dir: Path, notebook: Path, force: bool, timeout, overrides: dict,
+              log) -> list[Outcome]:
+    """Submit the points to run as SLURM job arrays (one per grid file, with its resources); wait for them."""
+    try:
+        import submitit
+    except ImportError:
+        raise GridError("--executor slurm needs submitit: pip install -c constraints.txt -e '.[cluster]'") from None
+    unknown = sorted(set(overrides) - set(SLURM_KEYS))
+    if unknown:
+        raise GridError(f"unknown slurm resource(s) {unknown}; valid: {', '.join(SLURM_KEYS)}")
+    total = len(points)
+    index = {rid: i for i, (_, rid) in enumerate(points, 1)}
+    outcomes: dict[str, Outcome] = {}
+    arrays = []                                         # (resources, [(point, rid)]) per grid file, first file wins
+    for path in grid_files(paths):
+        mine = [(p, r) for p, r in plan([path], notebook, runs_dir) if r in index and r not in
+                {rid for _, group in arrays for _, rid in group}]
+        arrays.append(({**slurm_resources(path), **overrides}, mine))
+    for resources, group in arrays:
+        todo = []
+        for point, rid in group:
+            if not force and runs.record_status(runs_dir, rid) == "complete":
+                outcomes[rid] = Outcome(index[rid], rid, "skipped", 0.0, "already complete")
+            else:
+                todo.append((index[rid], total, point, rid, runs_dir, notebook, force, timeout))
+        if not todo:
+            continue
+        executor = submitit.SlurmExecutor(folder=runs_dir / ".slurm" / "%j")
+        executor.update_parameters(**{"time": 24 * 60, "job_name": "petl-sweep", **resources})
+        jobs = executor.map_array(_SlurmPoint(), *zip(*todo))
+        log(f"submitted {len(jobs)} point(s) as SLURM job array {jobs[0].job_id.split('_')[0]} "
+            f"(logs: {runs_dir / '.slurm'})")
+        for job, args in zip(jobs, todo):
+            i, rid = args[0], args[3]
+            try:
+                outcome = job.result()
+            except Exception as e:  # noqa: BLE001 - a task that died (killed, out of memory) is reported
+                outcome = Outcome(i, rid, "failed", 0.0, f"SLURM task {job.job_id}: {str(e).strip()[-300:]}")
+            detail = f" ({outcome.reason})" if outcome.reason else ""
+            log(f"[{i}/{total}] {rid} ... {outcome.status}{detail} (SLURM task {job.job_id})")
+            outcomes[rid] = outcome
+    return [outcomes[rid] for _, rid in points if rid in outcomes]
 
 
 def clean(runs_dir: str | os.PathLike) -> list[Path]:

@@ -101,12 +101,16 @@ def test_a_record_keeps_the_executed_notebook_without_images_and_with_one_stream
         *({"output_type": "stream", "name": "stderr", "text": t} for t in bar),
         {"output_type": "stream", "name": "stderr", "text": "\n"},
         {"output_type": "stream", "name": "stdout", "text": "record: runs/x\n"},
-        {"output_type": "display_data", "data": {"image/png": "AAAA" * 1000, "text/plain": "<Figure>"}}]}],
-        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+        {"output_type": "display_data", "data": {"image/png": "AAAA" * 1000, "text/plain": "<Figure>"}},
+        {"output_type": "display_data", "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "m1"},
+                                                 "text/plain": "  40%|####      | 2/5"}}]}],
+        "metadata": {"widgets": {"state": {"m1": {}}}}, "nbformat": 4, "nbformat_minor": 5}
     path = tmp_path / "nb.ipynb"
     path.write_text(json.dumps(nb))
-    kept = json.loads(sweep.record_notebook(path))["cells"][0]["outputs"]
-    assert [o["output_type"] for o in kept] == ["stream", "stream", "display_data"]
+    notebook = json.loads(sweep.record_notebook(path))
+    kept = notebook["cells"][0]["outputs"]
+    assert [o["output_type"] for o in kept] == ["stream", "stream", "display_data", "display_data"]
+    assert kept[3]["data"] == {"text/plain": "  40%|####      | 2/5"} and "widgets" not in notebook["metadata"]
     assert kept[0]["text"] == "  100%|\n" and kept[1]["text"] == "record: runs/x\n"
     assert list(kept[2]["data"]) == ["text/plain"] and "history.csv" in kept[2]["data"]["text/plain"]
     for record in runs.iter_records(ROOT / "runs"):                 # the committed ones are kept that way too
