@@ -53,5 +53,5 @@ $(PY):
 	$(PY) -m pip install --quiet "pip==26.3"
 
 $(STAMP): pyproject.toml constraints.txt | $(PY)
-	$(PY) -m pip install --no-compile -c constraints.txt -e ".[test,bench,lab,cluster]"
+	$(PY) -m pip install --no-compile -c constraints.txt -e ".[train,book,test,bench,lab,cluster]"
 	touch $@
