@@ -4,6 +4,7 @@ the tests)."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pandas as pd
@@ -32,6 +33,11 @@ def paper_results(table: str | None = None, task: str | None = None, metric: str
 
 def presets() -> pd.DataFrame:
     """data/paper/presets.csv: one row per (paper row, our preset at the paper's sizes); see data/paper/README.md."""
+    return _presets(PRESETS_CSV.stat().st_mtime_ns).copy()
+
+
+@functools.lru_cache(maxsize=2)
+def _presets(_mtime: int) -> pd.DataFrame:
     df = pd.read_csv(PRESETS_CSV, dtype={"scale": str, "note": str}, keep_default_na=False)
     for column in SIZES:
         df[column] = pd.to_numeric(df[column].replace("", None), errors="raise").astype("Int64")

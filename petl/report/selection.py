@@ -74,7 +74,8 @@ def label_of(row) -> str:
     if size:
         label += f" ({size})"
     scale = scale_of(row)
-    if scale not in ("", "1") or (scale and (row.get("petl.ffn_mode") == "lora" or row.get("petl.attn_mode") == "lora")):
+    lora = "lora" in (row.get("petl.ffn_mode"), row.get("petl.attn_mode"))
+    if scale and (lora or scale != "1"):  # LoRA's scale always; an adapter's where it is not plain addition
         label += f" s={scale}"
     return label
 
