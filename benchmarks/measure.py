@@ -16,6 +16,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.methods import MethodSpec, Prepared, Unsupported, prepare, share_frozen
+from petl.report.benchmarks import MIN_ROUNDS_FOR_INTERVAL  # fewer rounds give no interval (the record format)
 
 
 def log(message: str) -> None:
@@ -157,9 +158,6 @@ def paired_ratio(numerator: list[dict], denominator: list[dict], key: str = "wal
                 ci95=interval)
 
 
-#: Fewer rounds give no interval: with n rounds all on one side of a limit, a sign test reaches 95% only from
-#: n = 6 (2 · 0.5^6 = 0.03), and a bootstrap of 3-5 values is little more than their range.
-MIN_ROUNDS_FOR_INTERVAL = 6
 
 
 def bootstrap_median_interval(values: list[float], resamples: int = 4000, seed: int = 0) -> list[float]:

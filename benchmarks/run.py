@@ -32,6 +32,7 @@ from benchmarks.memory import measure as measure_in_process
 from benchmarks.memory import run_subprocess
 from benchmarks.methods import FLOOR, FLOOR_AGAIN, GLUE_SIZES, glue_methods
 from benchmarks.shapes import get_shape
+from petl.report.benchmarks import benchmark_verdict  # the one reader of the record format this writes
 
 DEFAULT_SHAPES = ("minilm", "smollm2")
 #: Rounds per shape (full run, quick run); the time budget may stop a full run earlier (never under 3 rounds).
@@ -293,14 +294,7 @@ def format_table(record: dict) -> str:
     lines.append("\n== targets (issue 6): met = the median is within the limit; 'within noise' = the 95% interval "
                  "holds the limit ==")
     for r in record["targets"]:
-        if r["limit"] is None:
-            verdict = ""
-        else:
-            verdict = {True: "met", False: "NOT met", None: "not measured"}[r["met"]]
-            if r.get("decided") is False:
-                verdict += ", within noise"
-            elif r.get("decided") is None and r["value"] is not None and r["clock"] != "memory":
-                verdict += ", no interval (under 6 rounds)"
+        verdict = "" if r["limit"] is None else benchmark_verdict(r, record, loud=True)
         ci = r.get("ci95") or [None, None]
         ci_text = f"[{f(ci[0])}, {f(ci[1])}]" if None not in ci else ""
         lines.append(f"{r['shape']:<11}{r['method']:<14}{r['target']:<58}{f(r['value']):>7} {ci_text:<16} {verdict}")

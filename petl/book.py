@@ -5,6 +5,11 @@
 
 The book itself never executes anything (`execute_notebooks: off`): `make book` runs the missing grid points,
 writes the baseline records, executes the notebooks here, then builds the HTML with `jupyter-book build -W`.
+
+Code is hidden by one rule (`code_tag`): the chapters that teach the library (`SHOWN_CODE`: the methods and the
+unified view) show their code folded under each result (`hide-input`); every other chapter computes its tables,
+figures and glued numbers from the records and shows only those (`remove-input`). `execute` applies the rule
+and keeps no execution timestamps, so a rebuild from unchanged records leaves git clean.
 """
 
 from __future__ import annotations
@@ -19,8 +24,29 @@ from pathlib import Path
 BOOK = Path(__file__).resolve().parent.parent / "book"
 
 
+#: The chapters whose code is part of what they teach: shown, folded.
+SHOWN_CODE = ("methods", "unified_view")
+CODE_TAGS = ("hide-input", "remove-input", "remove-cell", "hide-cell", "hide-output")
+
+
 def notebooks(book_dir: Path = BOOK) -> list[Path]:
     return sorted(book_dir.glob("*.ipynb"))
+
+
+def code_tag(name: str) -> str:
+    """The tag every code cell of chapter `name` (a notebook's stem) carries: see the module docstring."""
+    return "hide-input" if name in SHOWN_CODE else "remove-input"
+
+
+def apply_code_rule(notebook, name: str) -> None:
+    """Give every code cell the chapter's tag (and no other hiding tag), and drop execution timestamps."""
+    tag = code_tag(name)
+    for cell in notebook.cells:
+        cell.metadata.pop("execution", None)
+        if cell.cell_type != "code":
+            continue
+        tags = [t for t in cell.metadata.get("tags", []) if t not in CODE_TAGS]
+        cell.metadata["tags"] = [*tags, tag]
 
 
 def execute(book_dir: Path = BOOK, runs_dir: str | None = None, timeout: int = 900) -> None:
@@ -37,6 +63,7 @@ def execute(book_dir: Path = BOOK, runs_dir: str | None = None, timeout: int = 9
     for path in notebooks(book_dir):
         start = time.time()
         notebook = nbformat.read(path, as_version=4)
+        apply_code_rule(notebook, path.stem)
         NotebookClient(notebook, timeout=timeout, kernel_name="python3", record_timing=False,  # no timestamps:
                        resources={"metadata": {"path": str(book_dir)}}).execute()  # a rebuild leaves git clean
         nbformat.write(notebook, path)
