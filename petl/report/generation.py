@@ -7,7 +7,7 @@ import pandas as pd
 
 from petl.report.paper import paper_number, paper_row, table_name
 from petl.report.prose import METRIC_LABELS, devices, relation
-from petl.report.selection import GridRuns, baseline, pick, summarize
+from petl.report.selection import GridRuns, baseline, pick, ran_on, summarize
 
 #: The paper's XSum tables, most wanted first, for a generation run at the paper's own sizes: its row of the same
 #: method, sizes and scale (paper.paper_row ranks exact sizes first, then this order).
@@ -38,7 +38,7 @@ def generation_table(gen: GridRuns, order: list[str] | None = None) -> pd.DataFr
                      "R-1": f"{run['test.rouge1']:.1f}", "R-2": f"{run['test.rouge2']:.2f}",
                      "R-L": f"{run['test.rougeL']:.1f}",
                      "R-2, real XSum": f"{run['test_xsum.rouge2']:.2f}" if pd.notna(run.get("test_xsum.rouge2"))
-                     else "",
+                     else "", "ran on": ran_on(run),
                      "paper's row": "" if row is None else f"{table_name(row['table'])}: {row['paper_method']}",
                      "paper % params": "" if number is None or number[1] is None else f"{number[1]:g}",
                      "paper R-2 (BART-large, XSum)": "" if number is None else f"{number[0]:.2f}"})

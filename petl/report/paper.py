@@ -102,7 +102,7 @@ def side_by_side(summary: pd.DataFrame, metric: str, tables, task: str, paper_me
         row = paper_row(entry, tables)
         number = paper_number(row["table"], row["paper_method"], task, paper_metric) if row is not None else None
         rows.append({"method": entry["label"], f"% params ({ours_name})": f"{entry['params %']:.2f}",
-                     f"{metric} ({ours_name})": entry[metric],
+                     f"{metric} ({ours_name})": entry[metric], "ran on": entry.get("ran on", ""),
                      "paper's row": "" if row is None else f"{table_name(row['table'])}: {row['paper_method']}",
                      f"% params ({paper_name})": "" if number is None or number[1] is None else f"{number[1]:g}",
                      f"paper ({paper_name})": "" if number is None else f"{number[0]:.2f}"})

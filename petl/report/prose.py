@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from petl.report.selection import baseline, pick
+from petl.report.selection import baseline, pick, ran_on
 
 METRIC_LABELS = {"accuracy": "accuracy (%)", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
                  "rougeLsum": "ROUGE-Lsum", "bleu": "BLEU"}
@@ -84,11 +84,10 @@ def compare_baseline(table: pd.DataFrame, metric: str, record: dict | None) -> s
 
 
 def devices(frame: pd.DataFrame) -> str:
-    """Where the runs of a table ran, e.g. '21 on NVIDIA H200, 2 on cpu'."""
+    """Where and in which precision the runs of a table ran, e.g. '21 on NVIDIA H200, bf16; 2 on cpu, fp32'."""
     if frame.empty or "device.device" not in frame:
         return "no runs"
-    names = frame.get("device.gpu", pd.Series(index=frame.index, dtype=object)).fillna(frame["device.device"])
-    return ", ".join(f"{n} on {name}" for name, n in names.value_counts().items())
+    return "; ".join(f"{n} on {where}" for where, n in frame.apply(ran_on, axis=1).value_counts().items())
 
 
 def below(value: float, bound: float = 1e-6) -> str:
