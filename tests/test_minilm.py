@@ -10,6 +10,8 @@ import petl
 import petl.inspect
 from petl import assets
 
+pytestmark = pytest.mark.needs_assets("minilm")
+
 SENTENCES = [
     ("a gorgeous, witty, seductive movie.", 1), ("the acting is superb and the story moves you.", 1),
     ("one of the most delightful films of the year.", 1), ("a triumph of warm, funny storytelling.", 1),
@@ -29,6 +31,7 @@ def minilm():
     return path, batch
 
 
+@pytest.mark.slow
 def test_a_few_steps_of_mam_lower_the_loss(minilm):
     path, batch = minilm
     torch.manual_seed(0)

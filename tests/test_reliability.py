@@ -17,15 +17,16 @@ import petl
 from petl import runs, sweep
 from petl.__main__ import main
 from petl.train import RunConfigError, TrainConfig, _forever, notebook_config, resolve_run, train
-from tiny_models import tiny_model
-from training_helpers import ROOT, TINY, tiny_bert_folder
+from conftest import tiny_model
+from training_helpers import ROOT, TINY
 
 NOTEBOOK = ROOT / "notebooks" / "train.ipynb"
+rt_polarity = pytest.mark.needs_assets("rt-polarity")  # the tests that train on TINY's task
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_bert_folder(tmp_path_factory.mktemp("models") / "tiny-bert"))
+def tiny(tiny_dir):
+    return tiny_dir("bert")
 
 
 def _cfg(tiny, **kw):
@@ -40,6 +41,7 @@ def _dead_pid() -> int:
 
 # ---- no hang -----------------------------------------------------------------------------------------------
 
+@rt_polarity
 def test_a_training_set_smaller_than_one_batch_fails_at_once_naming_the_fix(tiny, tmp_path):
     config = _cfg(tiny, max_train_examples=4, batch_size=8)
     with pytest.raises(RunConfigError, match=r"4 examples \(max_train_examples=4\), fewer than one batch "
@@ -56,6 +58,8 @@ def test_an_epoch_without_a_batch_is_an_error_not_an_endless_loop():
     assert list(itertools.islice(_forever([1, 2]), 5)) == [1, 2, 1, 2, 1]
 
 
+@pytest.mark.slow
+@rt_polarity
 def test_the_sweep_stops_a_point_over_its_time_limit(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("PETL_PAUSE_AT", "train")          # the kernel would block there for ever
     monkeypatch.setenv("PETL_PAUSE_FILE", str(tmp_path / "paused"))
@@ -123,6 +127,7 @@ def test_a_folder_of_format_1_loads_with_a_warning_and_a_truncated_one_is_refuse
 
 # ---- no finished run lost --------------------------------------------------------------------------------------
 
+@rt_polarity
 def test_weights_live_in_their_record_and_git_ignores_them(tiny, tmp_path):
     record = train(_cfg(tiny), runs_dir=tmp_path / "runs")
     assert record.weights_path == record.path / "weights"
@@ -142,6 +147,7 @@ def test_an_unwritable_runs_folder_fails_before_training(tiny, tmp_path):
                  "--runs-dir", str(blocker / "runs")]) == 2
 
 
+@rt_polarity
 def test_a_full_disk_while_saving_weights_keeps_the_record_as_failed_with_its_metrics(tiny, tmp_path,
                                                                                      monkeypatch):
     def full(*args, **kwargs):

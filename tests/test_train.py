@@ -1,6 +1,6 @@
 """Training: config validation, determinism, NaN handling, kills at every phase, torchrun with gloo.
 
-Uses the real rt-polarity data (embedded asset) and a tiny random BERT saved as a model folder.
+Uses the real rt-polarity data (embedded asset) and conftest's tiny random BERT (and Llama) saved as model folders.
 """
 import json
 import os
@@ -12,12 +12,14 @@ import pytest
 
 from petl import runs
 from petl.train import TrainConfig, resolve_run, train
-from training_helpers import PYTHON, ROOT, TINY, cli_args, subprocess_env, tiny_bert_folder, tiny_llama_folder
+from training_helpers import PYTHON, ROOT, TINY, cli_args, subprocess_env
+
+rt_polarity = pytest.mark.needs_assets("rt-polarity")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_bert_folder(tmp_path_factory.mktemp("models") / "tiny-bert"))
+def tiny(tiny_dir):
+    return tiny_dir("bert")
 
 
 def _cfg(tiny, **kw):
@@ -70,6 +72,7 @@ def test_overrides_change_the_run_id():
 
 # ---- a real (tiny) run -----------------------------------------------------------------------------------
 
+@rt_polarity
 def test_run_writes_a_complete_record_and_same_seed_gives_same_metrics(tiny, tmp_path):
     first = train(_cfg(tiny), runs_dir=tmp_path / "a")
     second = train(_cfg(tiny), runs_dir=tmp_path / "b")
@@ -101,6 +104,7 @@ def test_run_writes_a_complete_record_and_same_seed_gives_same_metrics(tiny, tmp
     assert runs.is_complete(tmp_path / "a", _cfg(tiny)) and not runs.is_complete(tmp_path / "a", _cfg(tiny, seed=9))
 
 
+@rt_polarity
 def test_nan_loss_stops_the_run_with_a_failed_record_naming_the_step(tiny, tmp_path):
     record = train(_cfg(tiny, lr=1e30, max_steps=6, eval_every=6), runs_dir=tmp_path)
     assert record.status == "failed"
@@ -113,8 +117,9 @@ def test_nan_loss_stops_the_run_with_a_failed_record_naming_the_step(tiny, tmp_p
     assert not runs.is_complete(tmp_path, record.run_id)
 
 
-def test_generation_run_with_a_decoder_scores_rouge_on_generated_text(tmp_path):
-    tiny = str(tiny_llama_folder(tmp_path / "tiny-llama"))
+@pytest.mark.needs_assets("bbc-news", "bigbench")
+def test_generation_run_with_a_decoder_scores_rouge_on_generated_text(tiny_dir, tmp_path):
+    tiny = tiny_dir("llama")
     cfg = TrainConfig(variant="lora", task="bbc-xsum", model=tiny, max_steps=2, eval_every=2, batch_size=4,
                       max_train_examples=16, max_eval_examples=4, max_test_examples=4, max_source_length=48,
                       max_target_length=12, gen_max_length=6, gen_min_length=2, num_beams=2, lr=1e-3,
@@ -150,6 +155,8 @@ def _wait_for(flag, proc, timeout=300):
         time.sleep(0.2)
 
 
+@rt_polarity
+@pytest.mark.slow
 @pytest.mark.parametrize("phase, force", [("train", False), ("eval", False), ("weights", False),
                                           ("record", False), ("replace", True)])
 def test_sigkill_at_any_phase_leaves_no_counted_record_and_a_rerun_completes(tiny, tmp_path, phase, force):
@@ -180,6 +187,8 @@ def test_sigkill_at_any_phase_leaves_no_counted_record_and_a_rerun_completes(tin
 
 # ---- data parallel ---------------------------------------------------------------------------------------
 
+@rt_polarity
+@pytest.mark.slow
 def test_torchrun_with_two_gloo_processes(tiny, tmp_path):
     params = {**TINY, "variant": "lora", "model": tiny, "max_steps": 2}
     cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
