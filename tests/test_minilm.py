@@ -75,7 +75,7 @@ def test_eq7_on_a_pretrained_attention_layer(minilm):
         torch.testing.assert_close(gate.double(), expected[layer], atol=1e-5, rtol=1e-4)
         assert 0.05 < gate.mean() < 0.95 and gate.std() > 0.01      # a gate that mixes, so the match means something
     norms = petl.inspect.update_norms(concat)                        # one row per layer: ‖(P_k, P_v)‖_F
-    prefixes = modules_of(concat).deltas["prefix_encoder"].all_prefixes()
+    prefixes = modules_of(concat).deltas["prefix_encoder"].all_prefixes().detach()
     assert list(norms["site"]) == [f"prefix_encoder.layer{i}" for i in range(6)]
     assert norms["norm"].tolist() == pytest.approx([float(p.norm()) for p in prefixes], rel=1e-6)
 
