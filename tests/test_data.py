@@ -7,17 +7,10 @@ import datasets
 import pytest
 import torch
 
-from helpers_tasks import tiny_model_dir
 from petl import data, models, tasks
 
 SOURCES = ["the cat sat on the mat . the dog ran fast", "news report", "the economy growth was slow this year ."]
 TARGETS = ["cat sat", "a report on the news", "slow growth"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return lambda arch: tiny_model_dir(root, arch)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +26,7 @@ def summ(tmp_path_factory):
 
 
 def _load(tiny_dir, arch, task):
-    model, tok = models.load_model(str(tiny_dir(arch)), task)
+    model, tok = models.load_model(tiny_dir(arch), task)
     model.eval()
     return model, tok, models.model_family(model.config)
 

@@ -10,7 +10,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 import petl
 from petl.core import config_of, modules_of
-from tiny_models import tiny_batch, tiny_model
+from conftest import tiny_batch, tiny_model
 
 
 def _trained(arch: str, variant: str, **overrides):
@@ -107,6 +107,7 @@ def test_merge_then_unload_gives_a_plain_model(tmp_path):
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["model_type"] == "bert"
 
 
+@pytest.mark.slow
 def test_save_pretrained_and_the_trainer_keep_the_method(tmp_path):
     from transformers import Trainer, TrainingArguments
     batch = tiny_batch("bert", batch=8)

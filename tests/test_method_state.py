@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import petl
-from tiny_models import tiny_batch, tiny_model
+from conftest import tiny_batch, tiny_model
 
 ARCHS = ("bert", "bart", "t5", "llama")
 PRESETS = sorted(petl.PRESETS)

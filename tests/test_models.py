@@ -9,14 +9,7 @@ import torch
 from transformers import (BartConfig, BertConfig, GPT2Config, LlamaConfig, MarianConfig, MBartConfig, RobertaConfig,
                           T5Config)
 
-from helpers_tasks import tiny_model_dir
 from petl import models
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return lambda arch: str(tiny_model_dir(root, arch))
 
 
 @pytest.mark.parametrize("config,family", [
@@ -99,15 +92,8 @@ def test_hub_model_offline_fails_fast(monkeypatch, tmp_path):
     assert time.monotonic() - start < 10
 
 
-def _present(name):
-    from petl import assets
-
-    return assets.status()[name]["present"]
-
-
+@pytest.mark.needs_assets("minilm")
 def test_embedded_minilm_classifier():
-    if not _present("minilm"):
-        pytest.skip("asset minilm not fetched (python -m petl.assets fetch minilm)")
     model, tok = models.load_model("minilm", "vitaminc")
     assert type(model).__name__ == "BertForSequenceClassification"
     assert model.config.num_labels == 3 and model.config.hidden_size == 384
@@ -115,9 +101,8 @@ def test_embedded_minilm_classifier():
         models.load_model("minilm", "bbc-xsum")
 
 
+@pytest.mark.needs_assets("smollm2-135m")
 def test_embedded_smollm2_generator():
-    if not _present("smollm2-135m"):
-        pytest.skip("asset smollm2-135m not fetched (python -m petl.assets fetch smollm2-135m)")
     model, tok = models.load_model("smollm2-135m", "bbc-xsum")
     assert type(model).__name__ == "LlamaForCausalLM" and models.model_family(model.config) == "decoder"
     assert tok.pad_token_id is not None and tok.eos_token_id is not None and tok.padding_side == "left"

@@ -16,15 +16,16 @@ import petl
 from petl import runs, sweep
 from petl.__main__ import main
 from petl.train import RunConfigError, TrainConfig, notebook_config, resolve_run, train
-from tiny_models import tiny_model
-from training_helpers import ROOT, TINY, tiny_bert_folder
+from conftest import tiny_model
+from training_helpers import ROOT, TINY
 
 NOTEBOOK = ROOT / "notebooks" / "train.ipynb"
+rt_polarity = pytest.mark.needs_assets("rt-polarity")  # the tests that train on TINY's task
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_bert_folder(tmp_path_factory.mktemp("models") / "tiny-bert"))
+def tiny(tiny_dir):
+    return tiny_dir("bert")
 
 
 def _cfg(tiny, **kw):
@@ -39,6 +40,7 @@ def _dead_pid() -> int:
 
 # ---- no hang -----------------------------------------------------------------------------------------------
 
+@rt_polarity
 def test_a_training_set_smaller_than_one_batch_fails_at_once_naming_the_fix(tiny, tmp_path):
     config = _cfg(tiny, max_train_examples=4, batch_size=8)
     with pytest.raises(RunConfigError, match=r"4 examples \(max_train_examples=4\), fewer than one batch "
@@ -49,6 +51,8 @@ def test_a_training_set_smaller_than_one_batch_fails_at_once_naming_the_fix(tiny
                  "--batch-size", "8", "--runs-dir", str(tmp_path)]) == 2
 
 
+@pytest.mark.slow
+@rt_polarity
 def test_the_sweep_stops_a_point_over_its_time_limit(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("PETL_PAUSE_AT", "train")          # the kernel would block there for ever
     monkeypatch.setenv("PETL_PAUSE_FILE", str(tmp_path / "paused"))
@@ -116,6 +120,7 @@ def test_a_folder_of_format_1_loads_with_a_warning_and_a_truncated_one_is_refuse
 
 # ---- no finished run lost --------------------------------------------------------------------------------------
 
+@rt_polarity
 def test_weights_live_in_their_record_and_git_ignores_them(tiny, tmp_path):
     record = train(_cfg(tiny), runs_dir=tmp_path / "runs")
     assert record.weights_path == record.path / "weights"
@@ -135,16 +140,20 @@ def test_an_unwritable_runs_folder_fails_before_training(tiny, tmp_path):
                  "--runs-dir", str(blocker / "runs")]) == 2
 
 
+@rt_polarity
 def test_a_full_disk_while_saving_weights_keeps_the_record_as_failed_with_its_metrics(tiny, tmp_path,
                                                                                      monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    normal = train(_cfg(tiny), runs_dir=tmp_path / "normal")
     monkeypatch.setattr(petl.io, "save_file", full)
+    tmp_path = tmp_path / "full"
     record = train(_cfg(tiny), runs_dir=tmp_path)
     assert record.status == "failed" and "No space left on device" in record.metrics["reason"]
-    assert "metrics are kept" in record.metrics["reason"]
-    assert 0 <= record.metrics["test"]["accuracy"] <= 100 and record.metrics["weights"] is None
+    assert "metrics are kept" in record.metrics["reason"] and record.metrics["weights"] is None
+    kept = ("dev", "test", "best_step", "steps", "num_examples", "parameters")
+    assert {k: record.metrics[k] for k in kept} == {k: normal.metrics[k] for k in kept}   # the run's own numbers
     assert not (record.path / "weights").exists() and record.weights_path is None
     assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
 

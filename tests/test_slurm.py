@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from petl import runs, sweep
-from training_helpers import TINY, tiny_bert_folder
+from training_helpers import TINY
 
 
 def _slurm_up() -> str | None:
@@ -23,9 +23,11 @@ def _slurm_up() -> str | None:
     return None
 
 
+@pytest.mark.slow
+@pytest.mark.needs_assets("rt-polarity")
 @pytest.mark.skipif(_slurm_up() is not None, reason=str(_slurm_up()))
-def test_a_grid_runs_as_a_slurm_job_array_and_a_second_sweep_skips_it(tmp_path):
-    tiny = str(tiny_bert_folder(tmp_path / "tiny-bert"))
+def test_a_grid_runs_as_a_slurm_job_array_and_a_second_sweep_skips_it(tmp_path, tiny_dir):
+    tiny = tiny_dir("bert")
     grid = tmp_path / "g.yaml"
     grid.write_text(yaml.safe_dump({
         "fixed": {**{k: v for k, v in TINY.items() if k != "progress"}, "variant": "lora", "model": tiny,

@@ -11,15 +11,18 @@ import yaml
 
 from petl import runs, sweep
 from petl.__main__ import main
-from training_helpers import PYTHON, ROOT, TINY, subprocess_env, tiny_bert_folder
+from training_helpers import PYTHON, ROOT, TINY, subprocess_env
 
 NOTEBOOK = ROOT / "notebooks" / "train.ipynb"
 NB_TINY = {k: v for k, v in TINY.items() if k != "progress"}
 
 
+rt_polarity = pytest.mark.needs_assets("rt-polarity")  # the tests that train on TINY's task
+
+
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_bert_folder(tmp_path_factory.mktemp("models") / "tiny-bert"))
+def tiny(tiny_dir):
+    return tiny_dir("bert")
 
 
 def _grid(path, fixed, grid=None):
@@ -34,6 +37,8 @@ def test_notebook_parameters_cell_lists_the_train_config():
             "eval_batch_size", "max_source_length", "num_beams"} <= set(params)
 
 
+@pytest.mark.slow
+@rt_polarity
 def test_papermill_runs_the_notebook_and_writes_the_record(tiny, tmp_path):
     out = tmp_path / "out.ipynb"
     papermill.execute_notebook(str(NOTEBOOK), str(out), cwd=str(ROOT), progress_bar=False,
@@ -68,6 +73,8 @@ def test_grid_names_are_checked_against_the_notebook_before_anything_runs(tiny, 
     assert not (tmp_path / "runs").exists()                         # nothing started
 
 
+@pytest.mark.slow
+@rt_polarity
 def test_sweep_carries_on_past_a_failure_lists_it_and_skips_complete_runs(tiny, tmp_path, capsys):
     grids = tmp_path / "grids"
     grids.mkdir()
@@ -91,6 +98,8 @@ def test_sweep_carries_on_past_a_failure_lists_it_and_skips_complete_runs(tiny, 
     assert [line.split(" ... ")[1].split()[0] for line in dry] == ["run", "skip", "skip"]
 
 
+@pytest.mark.slow
+@rt_polarity
 def test_two_sweeps_on_one_runs_folder_run_each_point_once(tiny, tmp_path):
     grid = _grid(tmp_path / "g.yaml", {**NB_TINY, "variant": "lora", "model": tiny}, {"seed": [0, 1]})
     runs_dir = tmp_path / "runs"
@@ -112,6 +121,8 @@ def test_two_sweeps_on_one_runs_folder_run_each_point_once(tiny, tmp_path):
     assert list((runs_dir / ".locks").iterdir()) == []
 
 
+@pytest.mark.slow
+@rt_polarity
 def test_explore_notebook_loads_a_trained_method_and_plots_what_it_learned(tiny, tmp_path):
     from petl.train import TrainConfig, train
     record = train(TrainConfig(**{**TINY, "variant": "mam", "model": tiny,
@@ -128,6 +139,8 @@ def test_explore_notebook_loads_a_trained_method_and_plots_what_it_learned(tiny,
     assert any("image/png" in o.get("data", {}) for o in gate_cell["outputs"]) and "no prefix" not in text
 
 
+@pytest.mark.slow
+@pytest.mark.needs_assets("minilm", "rt-polarity")  # the notebook's default run
 def test_explore_notebook_works_on_a_fresh_clone_by_training_a_short_run(tmp_path):
     out = tmp_path / "explore.ipynb"
     papermill.execute_notebook(str(ROOT / "notebooks" / "explore.ipynb"), str(out), cwd=str(ROOT),
@@ -171,6 +184,8 @@ def test_runs_command_lists_complete_runs(tmp_path, capsys):
     assert "r1" in out and "69.5" in out
 
 
+@pytest.mark.slow
+@rt_polarity
 def test_jobs_run_points_at_once_with_a_share_of_the_cores_each(tiny, tmp_path, capsys):
     grid = _grid(tmp_path / "g.yaml", {**NB_TINY, "variant": "lora", "model": tiny}, {"seed": [0, 1]})
     runs_dir = tmp_path / "runs"

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_model
 from petl import assets, baselines, l10n, metrics, tasks
 from petl.train import TrainConfig, train
 
-from training_helpers import tiny_llama_folder
+ro_l10n = pytest.mark.needs_assets("ro-l10n")  # the tests that read the real catalogues
 
 
 def mo_bytes(entries: dict[str, str], charset: str = "UTF-8") -> bytes:
@@ -110,6 +111,7 @@ def enro():
     return tasks.load_task("en-ro-l10n")
 
 
+@ro_l10n
 def test_task_builds_from_the_fetched_packages_with_the_card_sizes(enro):
     spec = tasks.get_task("en-ro-l10n")
     assert {s: len(enro[s]) for s in enro} == dict(spec.splits)            # the sizes the docstring's card states
@@ -124,6 +126,7 @@ def test_task_builds_from_the_fetched_packages_with_the_card_sizes(enro):
     assert not {c for s in enro for c in enro[s]["catalogue"]} & {"iso_3166", "iso_639", "iso_4217", "xkeyboard-config"}
 
 
+@ro_l10n
 def test_the_cards_counts_are_what_the_rules_drop_and_keep():
     folders = {a: assets.ensure(a) for a in assets.expand(["ro-l10n"])}
     pairs, dropped = l10n.collect((package, domain, folders[a] / f"{domain}.mo")
@@ -134,6 +137,7 @@ def test_the_cards_counts_are_what_the_rules_drop_and_keep():
                        "placeholders differ": 24, "lengths differ more than 3-fold": 4, "duplicate source": 140}
 
 
+@ro_l10n
 def test_the_copy_baseline_is_a_record_scored_on_the_test_messages(enro, tmp_path):
     record = baselines.copy_record("en-ro-l10n", 200)
     part = enro["test"].select(range(200))
@@ -222,8 +226,10 @@ def test_the_group_name_fetches_every_catalogue_package():
 
 # ---- a tiny training run -----------------------------------------------------------------------------------
 
-def test_a_tiny_translation_run_writes_a_record_with_bleu_and_chrf(tmp_path):
-    tiny = str(tiny_llama_folder(tmp_path / "tiny-llama"))
+@pytest.mark.slow
+@ro_l10n
+def test_a_tiny_translation_run_writes_a_record_with_bleu_and_chrf(tiny_dir, tmp_path):
+    tiny = tiny_dir("llama")
     cfg = TrainConfig(variant="lora", task="en-ro-l10n", model=tiny, max_steps=2, eval_every=2, batch_size=4,
                       max_train_examples=16, max_eval_examples=4, max_test_examples=4, gen_max_length=8,
                       num_beams=1, lr=1e-3, overrides={"attn_bn": 4}, progress=False)
@@ -238,7 +244,6 @@ def test_a_tiny_translation_run_writes_a_record_with_bleu_and_chrf(tmp_path):
 
 def test_an_mbart_model_gets_the_language_codes_of_the_task():
     from petl import models
-    from tiny_models import tiny_model
 
     class Tokenizer:  # the two look-ups petl makes of an mBART tokenizer
         pad_token_id, eos_token_id = 1, 2
