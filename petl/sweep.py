@@ -428,11 +428,13 @@ def _on_slurm(paths, points, runs_dir: Path, notebook: Path, force: bool, timeou
     total = len(points)
     index = {rid: i for i, (_, rid) in enumerate(points, 1)}
     outcomes: dict[str, Outcome] = {}
-    arrays = []                                         # (resources, [(point, rid)]) per grid file, first file wins
-    for path in grid_files(paths):
-        mine = [(p, r) for p, r in plan([path], notebook, runs_dir) if r in index and r not in
-                {rid for _, group in arrays for _, rid in group}]
-        arrays.append(({**slurm_resources(path), **overrides}, mine))
+    # (resources, [(point, rid)]) per grid file: a point goes with the first file that lists it (as in `plan`),
+    # matched by its parameters, so nothing is resolved twice.
+    files = [(path, read_grid(path)) for path in grid_files(paths)]
+    arrays = [({**slurm_resources(path), **overrides}, []) for path, _ in files]
+    for point, rid in points:
+        owner = next(i for i, (_, listed) in enumerate(files) if point in listed)
+        arrays[owner][1].append((point, rid))
     for resources, group in arrays:
         todo = []
         for point, rid in group:
