@@ -13,7 +13,8 @@ from importlib import import_module
 _EXPORTS = {
     "PETLConfig": "petl.config", "PRESETS": "petl.config", "resolve": "petl.config",
     "apply": "petl.core", "config_of": "petl.core", "merge": "petl.core", "unmerge": "petl.core",
-    "unload": "petl.core",
+    "unload": "petl.core", "set_active": "petl.core", "disabled": "petl.core", "remove": "petl.core",
+    "method_names": "petl.core", "active_method": "petl.core",
     "parameter_report": "petl.accounting", "save": "petl.io", "load": "petl.io",
 }
 

@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from petl.config import PETLConfig
-from petl.core import ATTRIBUTE, apply, config_of, head_parameters, modules_of
+from petl.core import (ATTRIBUTE, DEFAULT_NAME, apply, config_of, head_parameters, method_names, modules_of,
+                       set_active)
 from petl.files import sha256 as _sha256
 
 FORMAT = 2
@@ -51,29 +52,31 @@ def _same_base(saved: str | None, current: str | None) -> bool:
     return Path(str(saved).rstrip("/")).name == Path(str(current).rstrip("/")).name
 
 
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    config = config_of(model)
-    if config.full_finetune:
+def _tensors(model: nn.Module, name: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors petl.save writes: the method's state under 'petl.' (whatever its name on the model), the
+    task head's under 'head.'; for full fine-tuning the whole model's under 'model.'."""
+    modules = modules_of(model, name)
+    if modules.config.full_finetune:
         named = {f"model.{n}": p for n, p in model.named_parameters() if not n.startswith(ATTRIBUTE + ".")}
     else:
-        named = {f"{ATTRIBUTE}.{n}": t for n, t in modules_of(model).state_dict().items()}
+        named = {f"{ATTRIBUTE}.{n}": t for n, t in modules.state_dict().items()}
         named.update({f"head.{n}": p for n, p in head_parameters(model).items()})
     return {name: t.detach().to("cpu").contiguous() for name, t in named.items()}
 
 
-def save(model: nn.Module, directory: str | os.PathLike, peft: bool | None = None) -> Path:
+def save(model: nn.Module, directory: str | os.PathLike, peft: bool | None = None, name: str | None = None) -> Path:
     """Write the method's weights (safetensors) and config (JSON) to `directory`, atomically; readable by others
-    (0755 / 0644), as a shared cluster needs.
+    (0755 / 0644), as a shared cluster needs. name: which of the model's methods (default: the active one).
 
     peft: also write PEFT's adapter_config.json + adapter_model.safetensors (petl.peft_format), so that
     ``PeftModel.from_pretrained(base, directory)`` computes the same: None where the method has an exact PEFT
     form (LoRA), True to require it (ValueError with the reason otherwise), False never.
     """
     from petl import peft_format
-    config = config_of(model)
-    if config is None:
+    if not method_names(model):
         raise ValueError("this model has no petl method attached; nothing to save")
-    refusal = peft_format.export_refusal(config, model) if peft is not False else None
+    config = modules_of(model, name).config
+    refusal = peft_format.export_refusal(config, model, name) if peft is not False else None
     if peft is True and refusal:
         raise ValueError(f"cannot write this method in PEFT's format: {refusal}")
     target = Path(directory)
@@ -81,12 +84,12 @@ def save(model: nn.Module, directory: str | os.PathLike, peft: bool | None = Non
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         os.chmod(staging, 0o755)  # mkdtemp makes it private to its owner
-        save_file(_tensors(model), staging / WEIGHTS)
+        save_file(_tensors(model, name), staging / WEIGHTS)
         meta = dict(format=FORMAT, petl=config.to_dict(), base_model=fingerprint(model),
                     base_model_name=base_name(model), weights_sha256=_sha256(staging / WEIGHTS))
         (staging / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if peft is not False and refusal is None:
-            peft_format.write(model, staging)
+            peft_format.write(model, staging, name)
         for path in staging.iterdir():
             os.chmod(path, 0o644)  # safetensors writes 0600
             with open(path, "rb") as handle:
@@ -148,17 +151,19 @@ def _load_weights(directory: str | os.PathLike, meta: dict) -> dict[str, torch.T
                          "restore the folder or train and save the method again") from None
 
 
-def load(model: nn.Module, directory: str | os.PathLike, check_base: bool = True) -> nn.Module:
+def load(model: nn.Module, directory: str | os.PathLike, check_base: bool = True,
+         name: str = DEFAULT_NAME) -> nn.Module:
     """Attach (if needed) and load a saved method into a stock model of the same architecture and size, and of
     the same name (check_base=False accepts another name: the same weights under another name, or on purpose
-    another base of those sizes). A folder that PEFT wrote (LoRA on exactly petl's sites) loads too, and so does
-    a save_pretrained folder of a petl model (its method is in <folder>/petl)."""
+    another base of those sizes), as the method `name` of the model, which becomes the active one. A folder that
+    PEFT wrote (LoRA on exactly petl's sites) loads too, and so does a save_pretrained folder of a petl model
+    (its method is in <folder>/petl)."""
     from petl import peft_format
     from petl.core import SAVED_METHOD
     if not (Path(directory) / CONFIG).is_file() and (Path(directory) / SAVED_METHOD / CONFIG).is_file():
         directory = Path(directory) / SAVED_METHOD  # a save_pretrained folder: the method is in its petl/
     if not (Path(directory) / CONFIG).is_file() and peft_format.is_peft_folder(directory):
-        return peft_format.load(model, directory)
+        return peft_format.load(model, directory, name)
     meta = _read_meta(directory)
     config, saved = read_config(directory, meta)
     current = fingerprint(model)
@@ -174,19 +179,21 @@ def load(model: nn.Module, directory: str | os.PathLike, check_base: bool = True
                          f"is {current_name!r}; load it into that model, or pass check_base=False if this is the "
                          "same model under another name")
     tensors = _load_weights(directory, meta)  # before attaching: a damaged folder leaves the model as it was
-    attached = config_of(model)
-    if attached is None:
-        apply(model, config)
-    elif attached != config:
-        raise ValueError(f"this model already carries a different petl method ({attached.variant}); load into a "
-                         f"fresh model")
+    if name not in method_names(model):
+        apply(model, config, name=name)
+    elif config_of(model, name) != config:
+        raise ValueError(f"this model already carries a different petl method named {name!r} "
+                         f"({config_of(model, name).variant}); load under another name (petl.load(model, folder, "
+                         "name='b')) or into a fresh model")
+    else:
+        set_active(model, name)
     if config.full_finetune:
         state = {n[len("model."):]: t for n, t in tensors.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected:
             raise ValueError(f"{directory} holds weights this model does not have: {unexpected[:5]}")
         return model
-    modules = modules_of(model)
+    modules = modules_of(model, name)
     state = {n[len(ATTRIBUTE) + 1:]: t for n, t in tensors.items() if n.startswith(ATTRIBUTE + ".")}
     try:
         modules.load_state_dict(state, strict=True)

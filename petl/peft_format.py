@@ -21,14 +21,14 @@ import torch
 from torch import nn
 
 from petl.config import PETLConfig
-from petl.core import apply, config_of, head_parameters, modules_of
+from petl.core import DEFAULT_NAME, apply, head_parameters, method_names, modules_of
 from petl.sites import find_sites
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."  # PEFT's names of the wrapped model's modules
 
 
-def export_refusal(config: PETLConfig, model: nn.Module | None = None) -> str | None:
+def export_refusal(config: PETLConfig, model: nn.Module | None = None, name: str | None = None) -> str | None:
     """Why the method cannot be written in PEFT's format, or None when it can."""
     if config.full_finetune:
         return "full fine-tuning is not an adapter"
@@ -41,7 +41,7 @@ def export_refusal(config: PETLConfig, model: nn.Module | None = None) -> str | 
     if config.attn_mode == config.ffn_mode == "none":
         return "the method modifies nothing"
     if model is not None:
-        for delta in modules_of(model).deltas.values():
+        for delta in modules_of(model, name).deltas.values():
             projection = delta.projection[0]
             if projection.part is not None or not isinstance(projection.module, nn.Linear):
                 return (f"LoRA on {type(projection.module).__name__}"
@@ -58,13 +58,15 @@ def _head_modules(model: nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[0] for name in head_parameters(model) if "." in name})
 
 
-def write(model: nn.Module, folder: Path) -> None:
-    """PEFT's two files for the model's LoRA method (and task head, as modules_to_save) into `folder`."""
+def write(model: nn.Module, folder: Path, name: str | None = None) -> None:
+    """PEFT's two files for the model's LoRA method `name` (default: the active one; and the task head, as
+    modules_to_save) into `folder`."""
     from safetensors.torch import save_file
-    config = config_of(model)
+    modules = modules_of(model, name)
+    config = modules.config
     names = _module_names(model)
     tensors, targets = {}, []
-    for delta in modules_of(model).deltas.values():
+    for delta in modules.deltas.values():
         path = names[id(delta.projection[0].module)]
         targets.append(path)
         tensors[f"{PREFIX}{path}.lora_A.weight"] = delta.down.weight
@@ -140,8 +142,9 @@ def read_config(model: nn.Module, directory: str | Path) -> PETLConfig:
                       lora_alpha=float(meta["lora_alpha"]), lora_dropout=float(meta.get("lora_dropout") or 0.0))
 
 
-def load(model: nn.Module, directory: str | Path) -> nn.Module:
-    """Attach the PEFT folder's LoRA to a stock model with petl and load its weights (and task head)."""
+def load(model: nn.Module, directory: str | Path, name: str = DEFAULT_NAME) -> nn.Module:
+    """Attach the PEFT folder's LoRA to a stock model with petl, as the method `name`, and load its weights (and
+    task head)."""
     from safetensors.torch import load_file
     config = read_config(model, directory)
     try:
@@ -150,12 +153,13 @@ def load(model: nn.Module, directory: str | Path) -> nn.Module:
         raise ValueError(f"{Path(directory) / WEIGHTS} cannot be read ({error})") from None
     tensors = {k[len(PREFIX):] if k.startswith(PREFIX) else k: t for k, t in tensors.items()}
     tensors = {re.sub(r"\.lora_([AB])\.default\.weight$", r".lora_\1.weight", k): t for k, t in tensors.items()}
-    if config_of(model) is not None:
-        raise ValueError("this model already carries a petl method; load a PEFT folder into a fresh model")
-    apply(model, config)
+    if name in method_names(model):
+        raise ValueError(f"this model already carries a petl method named {name!r}; load the PEFT folder under "
+                         "another name, or into a fresh model")
+    apply(model, config, name=name)
     names = _module_names(model)
     with torch.no_grad():
-        for delta in modules_of(model).deltas.values():
+        for delta in modules_of(model, name).deltas.values():
             path = names[id(delta.projection[0].module)]
             for side, part in (("A", delta.down), ("B", delta.up)):
                 key = f"{path}.lora_{side}.weight"

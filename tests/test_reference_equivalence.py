@@ -72,7 +72,8 @@ class _Mapping:
 
     def __init__(self, model, options: dict) -> None:
         self.model, self.options = model, options
-        self.parameters = dict(model.named_parameters())
+        # the method's parameters by their names inside the method (model.petl.default.deltas... -> petl.deltas...)
+        self.parameters = {re.sub(r"^petl\.default\.", "petl.", n): p for n, p in model.named_parameters()}
         self.hidden = model.config.hidden_size
         self.encoder_only = model.config.model_type not in spec.SEQ2SEQ
 

@@ -125,7 +125,9 @@ def test_two_sweeps_on_one_runs_folder_run_each_point_once(tiny, tmp_path):
 @rt_polarity
 def test_explore_notebook_loads_a_trained_method_and_plots_what_it_learned(tiny, tmp_path):
     from petl.train import TrainConfig, train
-    record = train(TrainConfig(**{**TINY, "variant": "mam", "model": tiny,
+    other = train(TrainConfig(**{**TINY, "variant": "lora", "model": tiny, "overrides": {"attn_bn": 4}}),
+                  runs_dir=tmp_path)
+    record = train(TrainConfig(**{**TINY, "variant": "mam", "model": tiny,          # the newest: the one chosen
                                   "overrides": {"attn_bn": 4, "ffn_bn": 8, "mid_dim": 16}}), runs_dir=tmp_path)
     out = tmp_path / "explore.ipynb"
     papermill.execute_notebook(str(ROOT / "notebooks" / "explore.ipynb"), str(out), cwd=str(ROOT),
@@ -137,6 +139,9 @@ def test_explore_notebook_loads_a_trained_method_and_plots_what_it_learned(tiny,
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3             # gates, norms, curve
     gate_cell = next(c for c in nb["cells"] if "petl.inspect.gates(" in "".join(c["source"]))
     assert any("image/png" in o.get("data", {}) for o in gate_cell["outputs"]) and "no prefix" not in text
+    side_by_side = json.dumps(next(c for c in nb["cells"] if "petl.disabled(" in "".join(c["source"]))["outputs"])
+    assert all(f"({r.run_id[-8:]})" in side_by_side for r in (record, other))   # both methods, on one base
+    assert "base model, no method" in side_by_side
 
 
 @pytest.mark.slow
