@@ -15,7 +15,7 @@ _EXPORTS = {
     "apply": "petl.core", "config_of": "petl.core", "merge": "petl.core", "unmerge": "petl.core",
     "unload": "petl.core", "set_active": "petl.core", "disabled": "petl.core", "remove": "petl.core",
     "method_names": "petl.core", "active_method": "petl.core",
-    "parameter_report": "petl.accounting", "save": "petl.io", "load": "petl.io",
+    "MethodTrainer": "petl.trainer", "parameter_report": "petl.accounting", "save": "petl.io", "load": "petl.io",
 }
 
 __all__ = sorted([*_EXPORTS, "VARIANTS"])

@@ -154,3 +154,43 @@ def test_a_saved_method_names_its_base_model_and_load_checks_it(tmp_path):
         petl.load(other, folder)
     assert config_of(other) is None
     petl.load(other, folder, check_base=False)
+
+
+@pytest.mark.slow
+def test_the_method_trainer_checkpoints_only_the_method_and_resumes_exactly(tmp_path):
+    from transformers import TrainingArguments
+    batch = tiny_batch("bert", batch=8)
+    examples = [{k: v[i] for k, v in batch.items()} for i in range(8)]
+
+    def trainer(out, steps, **extra):
+        torch.manual_seed(0)
+        model = petl.apply(tiny_model("bert"), "mam", attn_bn=4, ffn_bn=8, mid_dim=8)
+        args = TrainingArguments(**{**dict(output_dir=str(out), max_steps=steps, per_device_train_batch_size=4,
+                                           learning_rate=1e-2, save_steps=2, report_to=[], use_cpu=True, seed=0),
+                                    **extra})
+        return petl.MethodTrainer(model=model, args=args, train_dataset=examples, eval_dataset=examples[:4])
+
+    straight = trainer(tmp_path / "straight", 4)
+    straight.train()
+    checkpoint = tmp_path / "straight" / "checkpoint-2"
+    assert (checkpoint / "petl_weights.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
+    assert not any(checkpoint.glob("model*.safetensors")) and not (checkpoint / "config.json").exists()
+    final = tmp_path / "final"
+    straight.save_model(str(final))
+    restored = petl.load(tiny_model("bert"), final).eval()                     # a checkpoint is a petl.save folder
+    torch.testing.assert_close(_logits(restored, "bert"), _logits(straight.model.eval(), "bert"), rtol=0, atol=0)
+    straight.save_model(str(tmp_path / "straight"))                           # beside the checkpoints, not over them
+    assert (tmp_path / "straight" / "checkpoint-4").is_dir()
+
+    resumed = trainer(tmp_path / "resumed", 4)
+    resumed.train(resume_from_checkpoint=str(checkpoint))                     # steps 3-4 from the checkpoint
+    for (name, a), b in zip(modules_of(straight.model).state_dict().items(),
+                            modules_of(resumed.model).state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+
+    best = trainer(tmp_path / "best", 4, eval_strategy="steps", eval_steps=2, load_best_model_at_end=True,
+                   learning_rate=0.5)                                         # so large that the loss goes up
+    best.train()
+    assert best.state.best_model_checkpoint.endswith("checkpoint-2"), best.state.log_history
+    chosen = petl.load(tiny_model("bert"), best.state.best_model_checkpoint).eval()
+    torch.testing.assert_close(_logits(best.model.eval(), "bert"), _logits(chosen, "bert"), rtol=0, atol=0)
