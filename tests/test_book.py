@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from petl.book import check
@@ -80,3 +81,17 @@ def test_check_finds_errors_nan_and_empty_tables(tmp_path):
     assert any("a.html: an empty table" in p for p in problems)
     assert any("b.html: a table cell shows nan" in p for p in problems)
     assert any("c.html: an error output" in p for p in problems)
+
+
+@pytest.mark.needs_assets("minilm")
+def test_the_methods_chapters_code_blocks_run_as_written(monkeypatch, tmp_path):
+    """The PEFT and Trainer blocks of the methods chapter's text (Markdown, so the book itself never trains)."""
+    import re
+    chapter = nbformat.read(ROOT / "book" / "methods.ipynb", as_version=4)
+    blocks = [block for cell in chapter.cells if cell.cell_type == "markdown"
+              for block in re.findall(r"```python\n(.*?)```", cell.source, flags=re.S)]
+    assert any("PeftModel.from_pretrained" in b for b in blocks) and any("MethodTrainer" in b for b in blocks)
+    namespace: dict = {}
+    for block in blocks:                                    # one namespace: the second block continues the first
+        exec(compile(block, "book/methods.ipynb", "exec"), namespace)
+    assert namespace["petl"].config_of(namespace["trained"]).variant == "mam_glue"

@@ -16,6 +16,7 @@ def test_readme_python_example_runs(capsys):
         exec(compile(block, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "147456 0.65%" in printed
+    assert "['lora', 'prefix'] lora" in printed
 
 
 def _numbers(record: dict) -> set[str]:
