@@ -40,7 +40,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from petl.methods.base import Captured, Delta
+from petl.methods.base import Captured, Delta, parameter_dtype
 from petl.sites import AttentionSite, Sites
 
 ATTENTION_NAME = "petl"
@@ -58,7 +58,7 @@ class PrefixGroup(Delta):
     """
 
     def __init__(self, sites: list[AttentionSite], stack: nn.Module, length: int, mlp: bool, mid_dim: int,
-                 dropout: float, option: str, composition: str, query: str) -> None:
+                 dropout: float, option: str, composition: str, query: str, method_dtype: str = "auto") -> None:
         super().__init__()
         site = sites[0]
         self.sites_ = sites  # a list keeps stock modules out of this module's parameters
@@ -67,7 +67,7 @@ class PrefixGroup(Delta):
         self.kv_heads, self.head_dim, self.heads = site.num_kv_heads, site.head_dim, site.num_heads
         self.option, self.composition = option, composition
         weight = site.q.module.weight
-        kw = dict(device=weight.device, dtype=weight.dtype)
+        kw = dict(device=weight.device, dtype=parameter_dtype(method_dtype, weight.dtype))
         out = self.layers * 2 * self.kv_heads * self.head_dim
         if mlp:
             self.embedding = nn.Parameter(torch.randn(length, site.hidden, **kw))
@@ -111,8 +111,8 @@ class PrefixGroup(Delta):
         """The query of the separate prefix attention, [batch, heads, q_len, head_dim]."""
         if not self.query_from_input:
             return query
-        site = self.sites_[layer]
-        h = self.query_norms[layer](self._inputs[layer].take())
+        site, norm = self.sites_[layer], self.query_norms[layer]
+        h = norm(self._inputs[layer].take().to(norm.weight.dtype)).to(site.q.module.weight.dtype)
         q = _project(site.q, h).view(*h.shape[:-1], self.heads, self.head_dim).transpose(1, 2).to(query.dtype)
         return q * scaling if self.option == "cross_attn" else q  # the reference's ReLU form is unscaled
 
@@ -275,5 +275,5 @@ def build(model: nn.Module, sites: Sites, config) -> dict[str, Delta]:
                 model.get_encoder() if kind == "encoder" else model.get_decoder())
             deltas[f"prefix_{kind}"] = PrefixGroup(
                 group, stack, config.attn_bn, config.attn_mode == "prefix", config.mid_dim, config.prefix_dropout,
-                config.attn_option, config.attn_composition, config.mh_adapter_query)
+                config.attn_option, config.attn_composition, config.mh_adapter_query, config.method_dtype)
     return deltas
