@@ -110,8 +110,7 @@ def apply(model: nn.Module, variant_or_config: "str | PETLConfig | dict" = "mam"
     if callable(getattr(model, "save_pretrained", None)):
         model.save_pretrained = types.MethodType(_save_pretrained_with_method, model)
     if config.prefix_attention:
-        prefix.register_attention()
-        model.set_attn_implementation(prefix.ATTENTION_NAME)
+        prefix.use_prefix_attention(model)  # the model's own eager or SDPA attention, with the prefix
     _head_in_method_dtype(model, config)
     head = {id(p) for p in head_parameters(model).values()}
     method = {id(p) for p in modules.parameters()}
