@@ -25,6 +25,7 @@ FFN_OPTIONS = ("none", "parallel", "sequential", "pfeiffer")
 LAYERNORM_OPTIONS = ("none", "in", "out")
 INIT_OPTIONS = ("bert", "lora")
 MH_ADAPTER_QUERIES = (None, "layernorm", "attention")
+METHOD_DTYPES = ("auto", "base", "float32")
 
 PREFIX_OPTIONS = ("concat", "cross_attn", "cross_attn_noln", "cross_attn_relu")
 ADAPTER_OPTIONS = ("parallel", "sequential")
@@ -87,6 +88,12 @@ class PETLConfig:
     lora_dropout: float = 0.0
     lora_init: str = "lora"
     full_finetune: bool = False
+    # The dtype of the method's parameters and of a new task head (petl.methods.base.parameter_dtype): 'auto' is
+    # float32 on a float16 or bfloat16 base model, so AdamW updates float32 values (mixed-precision training's
+    # master weights; fp16 also needs them for a GradScaler), and the base's own dtype on a float32 or float64 one;
+    # 'base' is the base model's dtype always (on a half-precision base, updates smaller than its rounding step are
+    # lost); 'float32' is float32 always.
+    method_dtype: str = "auto"
     variant: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +108,7 @@ class PETLConfig:
         _choice("attn_adapter_init_option", self.attn_adapter_init_option, INIT_OPTIONS)
         _choice("mh_adapter_query", self.mh_adapter_query, MH_ADAPTER_QUERIES)
         _choice("lora_init", self.lora_init, INIT_OPTIONS)
+        _choice("method_dtype", self.method_dtype, METHOD_DTYPES)
         for name in ("attn_bn", "ffn_bn", "mid_dim"):
             _positive_int(name, getattr(self, name))
         for name in ("prefix_dropout", "lora_dropout"):
@@ -245,7 +253,7 @@ def computation_version(config: "PETLConfig") -> int:
 #: Fields added after the first records: they enter a run's hash only when set away from these defaults, so that
 #: the records of methods whose computation did not change keep their run ids.
 LATER_FIELDS = dict(attn_adapter_layernorm_option="in", attn_adapter_init_option="bert", attn_adapter_scalar=1.0,
-                    mh_adapter_query=None)
+                    mh_adapter_query=None, method_dtype="auto")
 
 
 def resolve(variant_or_config: "str | PETLConfig | dict", **overrides) -> PETLConfig:

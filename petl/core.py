@@ -22,7 +22,7 @@ from torch import nn
 
 from petl.config import PETLConfig, resolve
 from petl.methods import adapter, bitfit, lora, prefix, prompt
-from petl.methods.base import Delta
+from petl.methods.base import Delta, parameter_dtype
 from petl.sites import find_sites
 
 ATTRIBUTE = "petl"  # the model attribute that holds the methods' modules
@@ -177,8 +177,8 @@ def apply(model: nn.Module, variant_or_config: "str | PETLConfig | dict" = "mam"
     if callable(getattr(model, "save_pretrained", None)) and "save_pretrained" not in model.__dict__:
         model.save_pretrained = types.MethodType(_save_pretrained_with_method, model)
     if config.prefix_attention:
-        prefix.register_attention()
-        model.set_attn_implementation(prefix.ATTENTION_NAME)
+        prefix.use_prefix_attention(model)  # the model's own eager or SDPA attention, with the prefix
+    _head_in_method_dtype(model, config)
     set_active(model, name)
     return model
 
@@ -242,6 +242,37 @@ def _set_trainable(model: nn.Module) -> None:
     full = config is not None and config.full_finetune
     for parameter in model.parameters():
         parameter.requires_grad_(full or id(parameter) in head or id(parameter) in method)
+
+
+def _head_in_method_dtype(model: nn.Module, config: PETLConfig) -> None:
+    """A newly initialised task head trains beside the method, so it takes the method's dtype too
+    (PETLConfig.method_dtype: float32 on a half-precision base). Its modules are cast, and a pre-hook casts what
+    they receive to their own dtype, so their logits come out in it (the loss is then computed from float32
+    logits). Full fine-tuning trains every weight in the model's own dtype."""
+    head = head_parameters(model)
+    if config.full_finetune or not head:
+        return
+    base_dtype = next(iter(head.values())).dtype
+    dtype = parameter_dtype(config.method_dtype, base_dtype)
+    if dtype == base_dtype:
+        return
+    ids = {id(p) for p in head.values()}
+    tops: list[str] = []  # the outermost modules whose parameters are all the head's
+    for name, module in model.named_modules():
+        inside = list(module.parameters())
+        if inside and all(id(p) in ids for p in inside) and not any(name.startswith(t + ".") for t in tops):
+            tops.append(name)
+            module.to(dtype)
+            module.register_forward_pre_hook(_inputs_in_own_dtype, with_kwargs=True)
+
+
+def _inputs_in_own_dtype(module: nn.Module, args, kwargs):
+    dtype = next(module.parameters()).dtype
+
+    def cast(value):
+        return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
 
 
 def _mergeable(model: nn.Module) -> list[Delta]:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from petl.methods.base import Delta
+from petl.methods.base import Delta, matmul_input, parameter_dtype
 from petl.sites import AttentionSite, FFNSite, Sites
 
 
@@ -67,12 +67,14 @@ class Adapter(Delta):
         return self.unscaled(x) * self.scale
 
     def unscaled(self, x: torch.Tensor) -> torch.Tensor:
-        """Δh before the scale s: LN_out?(Dropout(ReLU(LN_in?(x) W_down)) W_up)."""
+        """Δh before the scale s: LN_out?(Dropout(ReLU(LN_in?(x) W_down)) W_up), in the parameters' dtype (the
+        matmuls in autocast's, where it is on; the LayerNorms always in the parameters')."""
+        dtype = self.down.weight.dtype
         if self.layernorm_in is not None:
-            x = self.layernorm_in(x)
-        change = self.up(self.dropout(torch.relu(self.down(x))))
+            x = self.layernorm_in(x.to(dtype))
+        change = self.up(self.dropout(torch.relu(self.down(matmul_input(x, dtype)))))
         if self.layernorm_out is not None:
-            change = self.layernorm_out(change)
+            change = self.layernorm_out(change.to(dtype))
         return change
 
     @property
@@ -140,7 +142,8 @@ class Adapter(Delta):
         def hook(_module, inputs, output):  # post-norm: LN(y) <- LN(y + Δh(LN(y)))
             if self.merged:
                 return None
-            return F.layer_norm(inputs[0] + self(output), module.normalized_shape, module.weight,
+            y = inputs[0]
+            return F.layer_norm((y + self(output)).to(y.dtype), module.normalized_shape, module.weight,
                                 module.bias, module.eps)
 
         self._handles.append(module.register_forward_hook(hook))
@@ -155,12 +158,12 @@ def build(sites: Sites, config) -> dict[str, Delta]:
             deltas[f"{site.name}.adapter"] = Adapter(
                 site, config.attn_bn, config.attn_option, config.attn_adapter_scalar,
                 config.attn_adapter_layernorm_option, config.attn_adapter_init_option, site.dropout,
-                device=weight.device, dtype=weight.dtype)
+                device=weight.device, dtype=parameter_dtype(config.method_dtype, weight.dtype))
     if config.ffn_mode == "adapter":
         for site in sites.ffn:
             weight = site.last.weight
             deltas[f"{site.name}.adapter"] = Adapter(
                 site, config.ffn_bn, config.ffn_option, config.ffn_adapter_scalar,
                 config.ffn_adapter_layernorm_option, config.ffn_adapter_init_option, site.dropout,
-                device=weight.device, dtype=weight.dtype)
+                device=weight.device, dtype=parameter_dtype(config.method_dtype, weight.dtype))
     return deltas

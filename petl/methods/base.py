@@ -10,6 +10,11 @@ model's code is never copied. The routes, all registered in `attach` and removed
 - prefix tuning alone changes the attention itself, through an attention function registered in transformers'
   AttentionInterface (methods/prefix.py); prompt tuning rewrites the stack's input embeddings with a pre-hook
   (methods/prompt.py); BitFit swaps b + Δb into the module for its call so the add fuses (methods/bitfit.py).
+
+Precision: a method's parameters may be in another dtype than the stock model's (PETLConfig.method_dtype; float32
+on a bfloat16 base by default). Each Δh then casts the hidden states it reads to its parameters' dtype (not
+needed under autocast, which runs every matmul in its own dtype) and the hooks below round h + Δh to h's dtype, so
+the stock model downstream sees the dtype it was built for.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ class Delta(nn.Module):
             change = delta_fn(inputs, output)
             if change is None:
                 return None
-            return output + change if scale is None else torch.add(output, change, alpha=scale)
+            total = output + change if scale is None else torch.add(output, change, alpha=scale)
+            return total.to(output.dtype)  # h + Δh in the wider of the two dtypes, rounded once to h's
 
         self._handles.append(module.register_forward_hook(hook))
 
@@ -67,9 +73,9 @@ class Delta(nn.Module):
             if self.merged:
                 return None
             if args:
-                return (args[0] + delta_fn(args[0]), *args[1:]), kwargs
+                return ((args[0] + delta_fn(args[0])).to(args[0].dtype), *args[1:]), kwargs
             key = "hidden_states" if "hidden_states" in kwargs else "input"
-            return args, {**kwargs, key: kwargs[key] + delta_fn(kwargs[key])}
+            return args, {**kwargs, key: (kwargs[key] + delta_fn(kwargs[key])).to(kwargs[key].dtype)}
 
         self._handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
@@ -106,6 +112,27 @@ class Captured:
         if value is None:
             raise RuntimeError("petl: a Δh found no captured input; was the sublayer called out of order?")
         return value
+
+
+def parameter_dtype(choice: str, base: torch.dtype) -> torch.dtype:
+    """The dtype of a method's parameters on a base whose weights are in `base` (PETLConfig.method_dtype):
+    'auto' -> float32 below float32's precision (float16, bfloat16), else `base` (float32, float64); 'base' ->
+    `base`; 'float32' -> float32."""
+    if choice == "base":
+        return base
+    if choice == "float32":
+        return torch.float32
+    if choice == "auto":
+        return base if base in (torch.float32, torch.float64) else torch.float32
+    raise ValueError(f"method_dtype={choice!r} is not valid; choose one of 'auto', 'base', 'float32'")
+
+
+def matmul_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x as a matmul with parameters of `dtype` takes it: cast to `dtype`, except under autocast on x's device,
+    which casts both operands to its own dtype anyway (casting x first would only copy it)."""
+    if x.dtype == dtype or torch.is_autocast_enabled(x.device.type):
+        return x
+    return x.to(dtype)
 
 
 def conv1d_or_linear_shape(module: nn.Module) -> tuple[int, int]:

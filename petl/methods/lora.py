@@ -13,21 +13,23 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from petl.methods.base import Delta, conv1d_or_linear_shape
+from petl.methods.base import Delta, conv1d_or_linear_shape, matmul_input, parameter_dtype
 from petl.sites import Projection, Sites
 
 
 class LoRA(Delta):
     """s · x W_down W_up added to one projection's output (or to its q / k / v slice when fused)."""
 
-    def __init__(self, projection: Projection, rank: int, alpha: float, dropout: float, init: str) -> None:
+    def __init__(self, projection: Projection, rank: int, alpha: float, dropout: float, init: str,
+                 method_dtype: str = "auto") -> None:
         super().__init__()
         in_features, out_features = conv1d_or_linear_shape(projection.module)
         self.projection = [projection]  # a list keeps the stock module out of this module's parameters
         self.out_features = out_features // projection.parts
         weight = projection.module.weight
-        self.down = nn.Linear(in_features, rank, bias=False, device=weight.device, dtype=weight.dtype)
-        self.up = nn.Linear(rank, self.out_features, bias=False, device=weight.device, dtype=weight.dtype)
+        kw = dict(device=weight.device, dtype=parameter_dtype(method_dtype, weight.dtype))
+        self.down = nn.Linear(in_features, rank, bias=False, **kw)
+        self.up = nn.Linear(rank, self.out_features, bias=False, **kw)
         self.scaling = alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if init == "lora":  # Δh = 0 at start: the model begins exactly as the pretrained one
@@ -41,8 +43,9 @@ class LoRA(Delta):
         return self.unscaled(x) * self.scaling
 
     def unscaled(self, x: torch.Tensor) -> torch.Tensor:
-        """x W_down W_up: Δh before the scale s (the hook adds s·Δh in one fused add)."""
-        return self.up(self.down(self.dropout(x)))
+        """x W_down W_up: Δh before the scale s (the hook adds s·Δh in one fused add), in the parameters' dtype
+        (or autocast's)."""
+        return self.up(self.down(self.dropout(matmul_input(x, self.down.weight.dtype))))
 
     def attach(self) -> None:
         projection = self.projection[0]
@@ -78,10 +81,12 @@ def build(sites: Sites, config) -> dict[str, Delta]:
         for site in sites.attention:
             for name in ("q", "v"):
                 deltas[f"{site.name}.lora_{name}"] = LoRA(
-                    getattr(site, name), config.attn_bn, config.lora_alpha, config.lora_dropout, config.lora_init)
+                    getattr(site, name), config.attn_bn, config.lora_alpha, config.lora_dropout, config.lora_init,
+                    config.method_dtype)
     if config.ffn_mode == "lora":
         for site in sites.ffn:
             for index, linear in enumerate(site.linears):
                 deltas[f"{site.name}.lora_{index}"] = LoRA(
-                    Projection(linear), config.ffn_bn, config.lora_alpha, config.lora_dropout, config.lora_init)
+                    Projection(linear), config.ffn_bn, config.lora_alpha, config.lora_dropout, config.lora_init,
+                    config.method_dtype)
     return deltas

@@ -27,10 +27,24 @@ has one key/value per key/value head.
 
 The prefix is NOT passed as past_key_values: a function registered in transformers' attention-function registry
 receives each attention module and prepends that layer's prefix there, so caches and beam search are untouched.
+
+Attention implementations. The prefix is added around the implementation the model was loaded with, which keeps
+computing the attention: 'eager' (the model file's own eager_attention_forward) under the registered name
+'petl_eager', 'sdpa' under 'petl_sdpa' (config._attn_implementation says which). output_attentions=True then does
+what it does on the stock model: eager returns the weights, [batch, heads, q_len, l + k_len], those applied to
+[P_v; V] (for concat the softmax over the prefix and the keys, rows summing to 1; for the gate of Eq. 7 the same
+[λ·softmax(q P_kᵀ), (1 - λ)·softmax(q Kᵀ)]; for 'add' and the ReLU form the two parts as added); SDPA returns
+none.
+petl refuses, when applying, implementations that cannot take a prefix as they are: flash attention (its kernels
+take a causal flag and a 2-D padding mask, not a mask over l + k keys in which every query sees every prefix
+position), flex attention (its BlockMask is built for the k keys of the model) and paged attention (keys and values
+live in its own cache blocks). Setting another implementation after petl.apply is refused at the next forward
+pass, since the prefix would silently be dropped; model.set_attn_implementation('petl_eager') switches.
 """
 
 from __future__ import annotations
 
+import sys
 import weakref
 
 import torch
@@ -38,12 +52,14 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-from petl.methods.base import Captured, Delta
+from petl.methods.base import Captured, Delta, parameter_dtype
 from petl.sites import AttentionSite, Sites
 
-ATTENTION_NAME = "petl"
+#: The attention implementations a prefix is added to; each is registered as NAME_PREFIX + its name.
+IMPLEMENTATIONS = ("eager", "sdpa")
+NAME_PREFIX = "petl_"
 _GROUP_OF = weakref.WeakKeyDictionary()  # attention module -> (PrefixGroup, layer index)
 
 
@@ -58,7 +74,7 @@ class PrefixGroup(Delta):
     """
 
     def __init__(self, sites: list[AttentionSite], stack: nn.Module, length: int, mlp: bool, mid_dim: int,
-                 dropout: float, option: str, composition: str, query: str) -> None:
+                 dropout: float, option: str, composition: str, query: str, method_dtype: str = "auto") -> None:
         super().__init__()
         site = sites[0]
         self.sites_ = sites  # a list keeps stock modules out of this module's parameters
@@ -67,7 +83,7 @@ class PrefixGroup(Delta):
         self.kv_heads, self.head_dim, self.heads = site.num_kv_heads, site.head_dim, site.num_heads
         self.option, self.composition = option, composition
         weight = site.q.module.weight
-        kw = dict(device=weight.device, dtype=weight.dtype)
+        kw = dict(device=weight.device, dtype=parameter_dtype(method_dtype, weight.dtype))
         out = self.layers * 2 * self.kv_heads * self.head_dim
         if mlp:
             self.embedding = nn.Parameter(torch.randn(length, site.hidden, **kw))
@@ -80,6 +96,8 @@ class PrefixGroup(Delta):
         self.query_from_input = option == "cross_attn" or (option == "cross_attn_relu" and query == "layernorm")
         self.query_norms = nn.ModuleList(nn.LayerNorm(s.hidden, **kw) for s in sites) if self.query_from_input \
             else None
+        # Each attention module's eager attention (its model file's eager_attention_forward), for 'petl_eager'
+        self.eager_functions = [_model_eager(s.module) for s in sites]
         self._inputs: list[Captured] = []
         self._cache: dict[int, torch.Tensor] = {}
         self.record: dict | None = None  # set to a dict to record λ per layer (petl.inspect.gates)
@@ -111,8 +129,8 @@ class PrefixGroup(Delta):
         """The query of the separate prefix attention, [batch, heads, q_len, head_dim]."""
         if not self.query_from_input:
             return query
-        site = self.sites_[layer]
-        h = self.query_norms[layer](self._inputs[layer].take())
+        site, norm = self.sites_[layer], self.query_norms[layer]
+        h = norm(self._inputs[layer].take().to(norm.weight.dtype)).to(site.q.module.weight.dtype)
         q = _project(site.q, h).view(*h.shape[:-1], self.heads, self.head_dim).transpose(1, 2).to(query.dtype)
         return q * scaling if self.option == "cross_attn" else q  # the reference's ReLU form is unscaled
 
@@ -123,7 +141,13 @@ class PrefixGroup(Delta):
             self._inputs = [self.capture_input(site.module) for site in self.sites_]
         self._handles.append(self.stack[0].register_forward_pre_hook(self._new_pass, with_kwargs=True))
 
-    def _new_pass(self, _module, args, kwargs) -> None:
+    def _new_pass(self, module, args, kwargs) -> None:
+        implementation = getattr(getattr(module, "config", None), "_attn_implementation", None)
+        if implementation is not None and not implementation.startswith(NAME_PREFIX):
+            raise RuntimeError(
+                f"the model's attention implementation was set to {implementation!r} after petl.apply, which would "
+                f"drop the prefix; call model.set_attn_implementation('{NAME_PREFIX}eager') or "
+                f"('{NAME_PREFIX}sdpa') to switch (the prefix is added to {', '.join(map(repr, IMPLEMENTATIONS))})")
         past = kwargs.get("past_key_values")
         if past is None or not hasattr(past, "get_seq_length") or past.get_seq_length() == 0:
             self._cache = {}
@@ -173,8 +197,24 @@ def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t if t.shape[0] == heads else t.repeat_interleave(heads // t.shape[0], dim=0)
 
 
+def _model_eager(module: nn.Module):
+    """The eager attention function of `module`'s model file (transformers passes it as the default of its
+    attention registry), or None where the file defines none."""
+    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+
+
+def _additive(mask: torch.Tensor | None, like: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor | None:
+    """A boolean mask as the additive float mask eager attention takes (0 where allowed, the dtype's minimum
+    elsewhere, as transformers' eager_mask builds it), in the dtype of the model's own mask `like` if it has one."""
+    if mask is None:
+        return None
+    dtype = like.dtype if like is not None and like.is_floating_point() else query.dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
 def _attention_with_logsumexp(query, key, value, mask, scaling, dropout, training, position_bias=None):
-    """Plain attention that also returns log Σ_j exp(score_j), the normaliser Eq. 7's gate needs."""
+    """Plain attention that also returns log Σ_j exp(score_j), the normaliser Eq. 7's gate needs, and the
+    attention weights (after dropout)."""
     groups = query.shape[1] // key.shape[1]  # grouped-query attention: each key/value head serves `groups` heads
     key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
@@ -185,20 +225,27 @@ def _attention_with_logsumexp(query, key, value, mask, scaling, dropout, trainin
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
     probs = torch.exp(scores - lse.clamp_min(torch.finfo(scores.dtype).min)).nan_to_num(0.0)
     probs = nn.functional.dropout(probs, p=dropout, training=training)
-    return torch.matmul(probs, value), lse
+    return torch.matmul(probs, value), lse, probs
 
 
-def petl_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The attention function registered as 'petl': stock SDPA plus this layer's prefix, if it has one.
+def petl_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, implementation: str,
+                   **kwargs):
+    """The model's own attention (`implementation`: 'eager' or 'sdpa') plus this layer's prefix, if it has one.
 
-    query: [batch, heads, q_len, head_dim]; key, value: [batch, kv_heads, k_len, head_dim]. Returns the
-    attention output as [batch, q_len, heads, head_dim] and no weights, like transformers' SDPA function.
+    query: [batch, heads, q_len, head_dim]; key, value: [batch, kv_heads, k_len, head_dim]. Returns the attention
+    output as [batch, q_len, heads, head_dim] and, as the implementation does, the attention weights (eager:
+    [batch, heads, q_len, l + k_len] over the prefix and the keys) or None (SDPA).
     """
+    eager = implementation == "eager"
     entry = _GROUP_OF.get(module)
     if entry is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                      **kwargs)
+        stock = _model_eager(module) if eager else sdpa_attention_forward
+        return stock(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     group, layer = entry
+    stock = group.eager_functions[layer] if eager else sdpa_attention_forward
+    if stock is None:
+        raise RuntimeError(f"{type(module).__name__} has no eager_attention_forward in its model file to add the "
+                           f"prefix to; use model.set_attn_implementation('{NAME_PREFIX}sdpa')")
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     prefix = group.layer_prefix(layer).to(query.dtype)
     batch, heads = query.shape[0], query.shape[1]
@@ -217,6 +264,9 @@ def petl_attention(module, query, key, value, attention_mask, scaling=None, drop
             position_bias = nn.functional.pad(position_bias[..., :key.shape[2] - group.length], (group.length, 0))
             kwargs["position_bias"] = position_bias
         kwargs["is_causal"] = False
+        if eager:
+            return stock(module, query, key, value, _additive(mask, attention_mask, query), scaling=scaling,
+                         dropout=dropout, **kwargs)
         if key.shape[1] < heads and query.device.type == "cpu" and position_bias is None:
             # Grouped-query attention with a mask: transformers repeats K and V per query head (its CUDA kernels
             # would fall back to plain math otherwise), but the CPU flash kernel takes the key/value heads as they
@@ -224,7 +274,7 @@ def petl_attention(module, query, key, value, attention_mask, scaling=None, drop
             out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
                                                              scale=scaling, enable_gqa=True)
             return out.transpose(1, 2).contiguous(), None
-        return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+        return stock(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
 
     # Separate prefix attention (right side of Eq. 7): softmax(q P_kᵀ) P_v, or ReLU(q P_kᵀ) P_v for the MH adapter,
     # with the attention's dropout on these weights too (the reference drops both).
@@ -235,37 +285,88 @@ def petl_attention(module, query, key, value, attention_mask, scaling=None, drop
         prefix_scores = prefix_scores * scaling
     p_v = _heads(p_v, heads)
     weights = torch.relu(prefix_scores) if group.option == "cross_attn_relu" else torch.softmax(prefix_scores, dim=-1)
-    prefix_out = torch.matmul(nn.functional.dropout(weights, p=dropout, training=training), p_v)
+    weights = nn.functional.dropout(weights, p=dropout, training=training)
+    prefix_out = torch.matmul(weights, p_v)
 
     if group.composition == "gate_add" or group.record is not None:
-        main_out, main_lse = _attention_with_logsumexp(query, key, value, mask, scaling, dropout, training,
-                                                       position_bias)
+        main_out, main_lse, main_weights = _attention_with_logsumexp(query, key, value, mask, scaling, dropout,
+                                                                     training, position_bias)
         gate = torch.sigmoid(torch.logsumexp(prefix_scores, dim=-1, keepdim=True) - main_lse)  # λ(x) of Eq. 7
         if group.record is not None:
             group.record[layer] = gate.squeeze(-1).detach()
     else:
         if position_bias is not None:
             kwargs["position_bias"] = position_bias
-        main_out = sdpa_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout,
-                                          **kwargs)[0].transpose(1, 2)
+        main_out, main_weights = stock(module, query, key, value, attention_mask if eager else mask,
+                                       scaling=scaling, dropout=dropout, **kwargs)
+        main_out = main_out.transpose(1, 2)
         gate = None
     if group.option == "concat" or group.composition == "gate_add":  # concat here only when recording λ
         out = (1 - gate) * main_out + gate * prefix_out  # h <- (1 - λ) h + λ Δh
+        applied = (gate * weights, (1 - gate) * main_weights) if eager else None
     else:
         out = main_out + prefix_out  # h <- h + Δh
-    return out.transpose(1, 2).contiguous(), None
+        applied = (weights, main_weights) if eager else None
+    return out.transpose(1, 2).contiguous(), None if applied is None else torch.cat(applied, dim=-1)
 
 
-def register_attention() -> None:
-    """Make 'petl' a valid attention implementation, with SDPA's mask function (masks are then built as usual)."""
-    AttentionInterface.register(ATTENTION_NAME, petl_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+def petl_eager_attention(module, query, key, value, attention_mask, **kwargs):
+    """Registered as 'petl_eager': the model file's eager attention with this layer's prefix."""
+    return petl_attention(module, query, key, value, attention_mask, implementation="eager", **kwargs)
+
+
+def petl_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
+    """Registered as 'petl_sdpa': transformers' SDPA attention with this layer's prefix."""
+    return petl_attention(module, query, key, value, attention_mask, implementation="sdpa", **kwargs)
+
+
+_FUNCTIONS = {"eager": (petl_eager_attention, eager_mask), "sdpa": (petl_sdpa_attention, sdpa_mask)}
+#: Why an implementation cannot take a prefix as it is (by the start of its name).
+_REFUSED = {
+    "flash": "flash-attention kernels take a causal flag and a 2-D padding mask, not the mask over l + k keys a "
+             "prefix needs (every query sees every prefix position)",
+    "flex": "flex attention's BlockMask is built for the model's own k keys, not for l + k",
+    "paged": "paged attention keeps keys and values in its own cache blocks, where a prefix has no place",
+}
+
+
+def implementation_of(model: nn.Module) -> str:
+    """The implementation computing the model's attention: its own ('eager', 'sdpa', ...), also where petl wraps
+    it ('petl_sdpa' -> 'sdpa')."""
+    name = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    return name[len(NAME_PREFIX):] if name.startswith(NAME_PREFIX) else name
+
+
+def check_implementation(model: nn.Module, sites: list[AttentionSite]) -> str:
+    """The model's implementation if a prefix can be added to it, else ValueError saying why not."""
+    name = implementation_of(model)
+    if name not in IMPLEMENTATIONS:
+        reason = next((why for start, why in _REFUSED.items() if start in name),
+                      "petl adds a prefix to 'eager' and 'sdpa' only")
+        raise ValueError(f"prefix methods cannot use the attention implementation {name!r}: {reason}. Load the model "
+                         f"with attn_implementation='sdpa' or 'eager' (or call model.set_attn_implementation('sdpa') "
+                         f"before petl.apply)")
+    if name == "eager":
+        missing = sorted({type(s.module).__name__ for s in sites if _model_eager(s.module) is None})
+        if missing:
+            raise ValueError(f"prefix methods with attn_implementation='eager' add the prefix inside the model file's "
+                             f"eager_attention_forward, which {missing} do not have; use 'sdpa'")
+    return name
+
+
+def use_prefix_attention(model: nn.Module) -> None:
+    """Register petl's attention functions and switch the model to the one over its own implementation."""
+    for name, (function, mask) in _FUNCTIONS.items():
+        AttentionInterface.register(NAME_PREFIX + name, function)
+        AttentionMaskInterface.register(NAME_PREFIX + name, mask)
+    model.set_attn_implementation(NAME_PREFIX + implementation_of(model))
 
 
 def build(model: nn.Module, sites: Sites, config) -> dict[str, Delta]:
     """One PrefixGroup per attention type for attn_mode 'prefix' / 'prefix_nomlp'."""
     if config.attn_mode not in ("prefix", "prefix_nomlp"):
         return {}
+    check_implementation(model, sites.attention)  # before anything is attached
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     deltas: dict[str, Delta] = {}
     for kind in ("encoder", "decoder", "cross"):
@@ -275,5 +376,5 @@ def build(model: nn.Module, sites: Sites, config) -> dict[str, Delta]:
                 model.get_encoder() if kind == "encoder" else model.get_decoder())
             deltas[f"prefix_{kind}"] = PrefixGroup(
                 group, stack, config.attn_bn, config.attn_mode == "prefix", config.mid_dim, config.prefix_dropout,
-                config.attn_option, config.attn_composition, config.mh_adapter_query)
+                config.attn_option, config.attn_composition, config.mh_adapter_query, config.method_dtype)
     return deltas

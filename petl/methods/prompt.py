@@ -18,14 +18,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from petl.methods.base import Delta
+from petl.methods.base import Delta, parameter_dtype
 from petl.sites import position_embedding
 
 
 class PromptTuning(Delta):
     """P (l × d) prepended to the input embeddings of the model's first stack."""
 
-    def __init__(self, model: nn.Module, length: int) -> None:
+    def __init__(self, model: nn.Module, length: int, method_dtype: str = "auto") -> None:
         super().__init__()
         self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
         stack = model.get_encoder() if self.is_encoder_decoder else model.base_model
@@ -38,7 +38,8 @@ class PromptTuning(Delta):
         with torch.no_grad():
             tokens = torch.randint(0, embedding.weight.shape[0], (length,), device=embedding.weight.device)
             init = embedding(tokens) if embedding.weight.device.type != "meta" else embedding.weight[:length]
-        self.prompt = nn.Parameter(init.detach().clone())
+        dtype = parameter_dtype(method_dtype, embedding.weight.dtype)
+        self.prompt = nn.Parameter(init.detach().to(dtype, copy=True))
 
     def attach(self) -> None:
         stack, decoder, embedding, positions = self.stack_modules
@@ -107,4 +108,4 @@ class PromptTuning(Delta):
 def build(model: nn.Module, config) -> dict[str, Delta]:
     if config.attn_mode != "prompt_tuning":
         return {}
-    return {"prompt": PromptTuning(model, config.attn_bn)}
+    return {"prompt": PromptTuning(model, config.attn_bn, config.method_dtype)}
