@@ -170,6 +170,7 @@ def apply(model: nn.Module, variant_or_config: "str | PETLConfig | dict" = "mam"
     methods = _methods(model)
     if methods is None:
         methods = Methods()
+        methods.train(model.training)
         model.add_module(ATTRIBUTE, methods)
     modules = PETLModules(config, deltas)
     modules.train(model.training)  # the model's train() / eval() governs the method's modules from here on
