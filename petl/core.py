@@ -38,6 +38,11 @@ class PETLModules(nn.Module):
         self.config = config
         self.deltas = nn.ModuleDict({name.replace(".", "-"): delta for name, delta in deltas.items()})
 
+    @property
+    def merged(self) -> bool:
+        """Whether an update of this method is folded into the base weights (petl.merge)."""
+        return any(delta.merged for delta in self.deltas.values())
+
     def attach(self) -> None:
         for delta in self.deltas.values():
             delta.attach()
@@ -190,12 +195,12 @@ def set_active(model: nn.Module, name: str | None) -> nn.Module:
     methods = _methods(model)
     if methods is None:
         raise ValueError("this model has no petl method attached; call petl.apply(model, variant) first")
-    if name is not None and name not in methods:
-        raise ValueError(f"this model has no petl method named {name!r}; it has {', '.join(map(repr, methods))}")
+    if name is not None:
+        _named(model, name)  # names the methods the model has when `name` is not one of them
     current = methods.active
     if current != name:
         if current is not None:
-            if any(delta.merged for delta in methods[current].deltas.values()):
+            if methods[current].merged:
                 raise ValueError(f"the active method {current!r} is merged into the base weights; petl.unmerge "
                                  "it before switching, or the weights would keep its update")
             methods[current].detach()
@@ -221,8 +226,7 @@ def remove(model: nn.Module, name: str) -> nn.Module:
     """Take the method `name` off the model and delete its modules; with the last one, the model is stock again
     (a prefix method's attention function stays registered and computes stock attention)."""
     methods = _methods(model)
-    modules = modules_of(model, name)
-    if any(delta.merged for delta in modules.deltas.values()):
+    if modules_of(model, name).merged:
         raise ValueError(f"method {name!r} is merged into the base weights: petl.unmerge it first, or petl.unload "
                          "to keep it folded in")
     if methods.active == name:
