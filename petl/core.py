@@ -165,6 +165,8 @@ def apply(model: nn.Module, variant_or_config: "str | PETLConfig | dict" = "mam"
     if names and (config.full_finetune or any(config_of(model, n).full_finetune for n in names)):
         raise ValueError("full fine-tuning trains the base model itself and cannot sit beside another method; "
                          "apply it to a fresh model")
+    if config.prefix_attention:
+        prefix.check_implementation(model)  # before the model runs once to find its sites
     sites = find_sites(model)
     deltas: dict[str, Delta] = {}
     deltas.update(prefix.build(model, sites, config))

@@ -43,9 +43,9 @@ def export_refusal(config: PETLConfig, model: nn.Module | None = None, name: str
     if model is not None:
         for delta in modules_of(model, name).deltas.values():
             projection = delta.projection[0]
-            if projection.part is not None or not isinstance(projection.module, nn.Linear):
+            if projection.is_slice or not isinstance(projection.module, nn.Linear):
                 return (f"LoRA on {type(projection.module).__name__}"
-                        f"{' slice' if projection.part is not None else ''} (a fused or Conv1D projection) has no "
+                        f"{' slice' if projection.is_slice else ''} (a fused or Conv1D projection) has no "
                         "exact PEFT form")
     return None
 

@@ -2,8 +2,10 @@
 
 Tiny models
 -----------
-One table gives a random 2-layer model (width 32, Llama 36) of every supported architecture (``ARCHS``; its config:
-``tiny_config(arch)``, its family: ``FAMILY[arch]``) over a 100-token vocabulary. The same model comes two ways:
+One table gives a random 2-layer model (width 32, Llama 36) of the main architectures (``ARCHS``; its config:
+``tiny_config(arch)``, its family: ``FAMILY[arch]``) over a 100-token vocabulary; ``COVERAGE_ARCHS`` adds ten more
+(XLM-R, DistilBERT, DeBERTa-v2, ModernBERT, mT5, Mistral, Qwen2, Qwen3, Gemma 2, Phi-3) for tests/test_coverage.py.
+The same model comes two ways:
 
 * ``tiny_model(arch, seed=0)``: in memory, with its family's head (sequence classification for the encoders,
   the LM head for seq2seq and decoder models), for the mechanism tests; ``tiny_batch(arch)`` gives it inputs
@@ -78,8 +80,38 @@ _CONFIGS = {
                             decoder_start_token_id=PAD, eos_token_id=EOS, **_IDS)),
 }
 ARCHS = tuple(_CONFIGS)
+_DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=MAX_POSITIONS, bos_token_id=BOS, eos_token_id=EOS, **_IDS)
+#: More architectures, for the coverage tests (tests/test_coverage.py): petl finds their sites from their structure.
+_COVERAGE_CONFIGS = {
+    "xlm-roberta": ("XLMRobertaConfig", _CONFIGS["roberta"][1]),
+    "distilbert": ("DistilBertConfig", dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64, dropout=0.0,
+                                            attention_dropout=0.0, max_position_embeddings=MAX_POSITIONS,
+                                            num_labels=2, **_IDS)),
+    "deberta-v2": ("DebertaV2Config", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                           intermediate_size=64, max_position_embeddings=MAX_POSITIONS,
+                                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                           relative_attention=True, num_labels=2, **_IDS)),
+    "modernbert": ("ModernBertConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                            intermediate_size=64, max_position_embeddings=MAX_POSITIONS,
+                                            num_labels=2, bos_token_id=BOS, eos_token_id=EOS, cls_token_id=BOS,
+                                            sep_token_id=EOS, **_IDS)),
+    "mt5": ("MT5Config", _CONFIGS["t5"][1]),  # T5 v1.1's gated FFN (wi_0, wi_1, wo)
+    "mistral": ("MistralConfig", _DECODER),
+    "qwen2": ("Qwen2Config", _DECODER),
+    "qwen3": ("Qwen3Config", dict(_DECODER, head_dim=8)),  # q/k norms, head_dim apart from hidden / heads
+    # Gemma 2 soft-caps its attention scores by default, which prefix methods refuse; the tests switch it off
+    "gemma2": ("Gemma2Config", dict(_DECODER, head_dim=8, attn_logit_softcapping=None)),
+    "phi3": ("Phi3Config", _DECODER),  # fused qkv_proj under grouped-query attention, fused gate_up_proj
+}
+COVERAGE_ARCHS = ARCHS + tuple(_COVERAGE_CONFIGS)
 FAMILY = {"bert": "encoder", "roberta": "encoder", "bart": "seq2seq", "mbart": "seq2seq", "marian": "seq2seq",
-          "t5": "seq2seq", "gpt2": "decoder", "llama": "decoder"}
+          "t5": "seq2seq", "gpt2": "decoder", "llama": "decoder",
+          "xlm-roberta": "encoder", "distilbert": "encoder", "deberta-v2": "encoder", "modernbert": "encoder",
+          "mt5": "seq2seq", "mistral": "decoder", "qwen2": "decoder", "qwen3": "decoder", "gemma2": "decoder",
+          "phi3": "decoder"}
+#: Architectures that transformers runs with eager attention only (no SDPA path in their model file).
+EAGER_ONLY = {"deberta-v2", "gemma2"}
 _HEAD = {"encoder": "AutoModelForSequenceClassification", "seq2seq": "AutoModelForSeq2SeqLM",
          "decoder": "AutoModelForCausalLM"}
 # torch and transformers are imported on first use, so the test files that need no model do not pay for them
@@ -88,7 +120,7 @@ _HEAD = {"encoder": "AutoModelForSequenceClassification", "seq2seq": "AutoModelF
 def tiny_config(arch: str):
     """A new config object of the tiny `arch` (change it freely)."""
     import transformers
-    name, kwargs = _CONFIGS[arch]
+    name, kwargs = _CONFIGS[arch] if arch in _CONFIGS else _COVERAGE_CONFIGS[arch]
     return getattr(transformers, name)(**kwargs)
 
 
@@ -98,7 +130,8 @@ def tiny_model(arch: str, seed: int = 0):
     import transformers
     torch.manual_seed(seed)
     auto = getattr(transformers, _HEAD[FAMILY[arch]])
-    return auto.from_config(tiny_config(arch), attn_implementation="sdpa").eval()
+    implementation = "eager" if arch in EAGER_ONLY else "sdpa"
+    return auto.from_config(tiny_config(arch), attn_implementation=implementation).eval()
 
 
 def tiny_batch(arch: str, batch: int = 3, length: int = 7, seed: int = 0) -> dict:

@@ -248,11 +248,10 @@ def test_bad_configs_name_the_field_and_the_choices():
         petl.apply(petl.apply(tiny_model("bert"), "lora", **SMALL), "lora")
 
 
-def test_unsupported_architecture_names_the_supported_ones():
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
-    model = DistilBertForSequenceClassification(DistilBertConfig(dim=32, n_layers=1, n_heads=4, hidden_dim=64,
-                                                                 vocab_size=50))
-    with pytest.raises(ValueError, match="supported: .*bart.*llama"):
+def test_a_structure_without_attention_modules_is_refused_naming_what_was_looked_for():
+    from transformers import XLNetConfig, XLNetLMHeadModel  # XLNet keeps q, k, v as bare parameters
+    model = XLNetLMHeadModel(XLNetConfig(d_model=32, n_layer=1, n_head=4, d_inner=64, vocab_size=50))
+    with pytest.raises(ValueError, match="found no list of layers with attention modules.*q_proj.*qkv_proj.*OVERRIDES"):
         petl.apply(model, "lora")
 
 

@@ -25,7 +25,7 @@ class LoRA(Delta):
         super().__init__()
         in_features, out_features = conv1d_or_linear_shape(projection.module)
         self.projection = [projection]  # a list keeps the stock module out of this module's parameters
-        self.out_features = out_features // projection.parts
+        self.out_features = out_features if projection.width is None else projection.width
         weight = projection.module.weight
         kw = dict(device=weight.device, dtype=parameter_dtype(method_dtype, weight.dtype))
         self.down = nn.Linear(in_features, rank, bias=False, **kw)
@@ -49,12 +49,11 @@ class LoRA(Delta):
 
     def attach(self) -> None:
         projection = self.projection[0]
-        if projection.part is None:
+        if not projection.is_slice:
             self.add_output_hook(projection.module, lambda inputs, output: self.unscaled(inputs[0]), self.scaling)
         else:
-            total = self.out_features * projection.parts
-            before = self.out_features * projection.part
-            after = total - before - self.out_features
+            before = projection.start
+            after = conv1d_or_linear_shape(projection.module)[1] - before - self.out_features
             self.add_output_hook(projection.module,
                                  lambda inputs, output: F.pad(self.unscaled(inputs[0]), (before, after)), self.scaling)
 
@@ -66,10 +65,10 @@ class LoRA(Delta):
     def merge(self, sign: float = 1.0) -> None:
         projection = self.projection[0]
         update = self._weight_update().to(projection.module.weight.dtype) * sign
-        if isinstance(projection.module, nn.Linear):
-            projection.module.weight += update
-        else:  # Conv1D stores (in, out); a fused projection gets the update in its slice of columns
-            start = 0 if projection.part is None else self.out_features * projection.part
+        start = projection.start or 0
+        if isinstance(projection.module, nn.Linear):  # (out, in): a fused projection's slice is a block of rows
+            projection.module.weight[start:start + self.out_features] += update
+        else:  # Conv1D stores (in, out): a fused projection's slice is a block of columns
             projection.module.weight[:, start:start + self.out_features] += update.T
         self.merged = sign > 0
 

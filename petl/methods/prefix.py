@@ -169,10 +169,7 @@ class PrefixGroup(Delta):
 def _project(projection, x: torch.Tensor) -> torch.Tensor:
     """One projection of x (its slice, for a fused q/k/v projection such as GPT-2's c_attn)."""
     out = projection.module(x)
-    if projection.part is None:
-        return out
-    width = out.shape[-1] // projection.parts
-    return out[..., projection.part * width:(projection.part + 1) * width]
+    return out[..., projection.start:projection.start + projection.width] if projection.is_slice else out
 
 
 def _bool_mask(mask: torch.Tensor | None, query: torch.Tensor, key_len: int, causal: bool) -> torch.Tensor | None:
@@ -201,6 +198,11 @@ def _model_eager(module: nn.Module):
     """The eager attention function of `module`'s model file (transformers passes it as the default of its
     attention registry), or None where the file defines none."""
     return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+
+
+def _uses_attention_registry(module: nn.Module) -> bool:
+    """Whether `module`'s model file computes attention through transformers' attention-function registry."""
+    return "ALL_ATTENTION_FUNCTIONS" in vars(sys.modules.get(type(module).__module__, sys))
 
 
 def _additive(mask: torch.Tensor | None, like: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor | None:
@@ -337,8 +339,9 @@ def implementation_of(model: nn.Module) -> str:
     return name[len(NAME_PREFIX):] if name.startswith(NAME_PREFIX) else name
 
 
-def check_implementation(model: nn.Module, sites: list[AttentionSite]) -> str:
-    """The model's implementation if a prefix can be added to it, else ValueError saying why not."""
+def check_implementation(model: nn.Module, sites: list[AttentionSite] | None = None) -> str:
+    """The model's implementation if a prefix can be added to it, else ValueError saying why not. Without `sites`,
+    only what the model's config says is checked (petl.apply does that before it runs the model to find them)."""
     name = implementation_of(model)
     if name not in IMPLEMENTATIONS:
         reason = next((why for start, why in _REFUSED.items() if start in name),
@@ -346,6 +349,18 @@ def check_implementation(model: nn.Module, sites: list[AttentionSite]) -> str:
         raise ValueError(f"prefix methods cannot use the attention implementation {name!r}: {reason}. Load the model "
                          f"with attn_implementation='sdpa' or 'eager' (or call model.set_attn_implementation('sdpa') "
                          f"before petl.apply)")
+    softcap = getattr(model.config, "attn_logit_softcapping", None)
+    if softcap:
+        raise ValueError(f"prefix methods do not soft-cap the prefix's attention scores, and this model caps its own "
+                         f"(attn_logit_softcapping={softcap}), so the prefix would be weighed on another scale; set "
+                         f"config.attn_logit_softcapping=None to train without the cap, or use another method")
+    if sites is None:
+        return name
+    own = sorted({type(s.module).__name__ for s in sites if not _uses_attention_registry(s.module)})
+    if own:
+        raise ValueError(f"prefix methods add the prefix inside transformers' attention functions, and {own} compute "
+                         f"attention in their own code (a relative-position or disentangled attention), which a "
+                         f"prefix cannot enter without forking the model; adapters, LoRA and BitFit work here")
     if name == "eager":
         missing = sorted({type(s.module).__name__ for s in sites if _model_eager(s.module) is None})
         if missing:
