@@ -1,7 +1,8 @@
 """Coverage by structure: petl finds the sites of eighteen architectures from their modules (petl.sites), and every
 method does on them what the mechanism tests check on the main eight (tests/test_core.py): LoRA-initialised methods
 start as exact no-ops, LoRA merges and unmerges, the paper's parameter counts come out of the configs, training
-moves only the method and the head, and under a prefix cached generation equals uncached generation.
+moves only the method and the head, prompt tuning keeps outputs aligned with inputs, and under a prefix cached generation
+equals uncached generation.
 """
 from __future__ import annotations
 
@@ -231,3 +232,15 @@ def test_an_override_describes_a_model_by_hand(monkeypatch):
 
 def test_the_main_architectures_are_among_those_covered():
     assert set(ARCHS) <= set(COVERAGE_ARCHS) and len(COVERAGE_ARCHS) == 18
+
+
+@pytest.mark.parametrize("arch", COVERAGE_ARCHS)
+def test_prompt_tuning_keeps_the_outputs_aligned_with_the_inputs(arch):
+    batch = tiny_batch(arch)
+    reference = tiny_model(arch)
+    model = petl.apply(tiny_model(arch), "prompt_tuning", attn_bn=3)
+    with torch.no_grad():
+        base, prompted = reference(**batch), model(**batch)
+    assert prompted.logits.shape == base.logits.shape
+    assert not torch.allclose(prompted.logits, base.logits, atol=1e-6, rtol=1e-4)  # every layer sees the prompt
+    assert torch.isfinite(prompted.loss)
