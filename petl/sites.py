@@ -14,7 +14,9 @@ architectures, so that every method finds them the same way and no model code is
   modules, is read off one forward pass of the first layer of each stack (:func:`trace_structure`) on eight
   tokens, in training mode under ``torch.no_grad`` with the random state restored afterwards: the point where
   x + FFN(x) (after the block's dropout) appears is the residual sum, and whether x or a norm of x enters the
-  FFN tells pre-norm from post-norm.
+  FFN tells pre-norm from post-norm. A model whose weights are on the meta device (the book's parameter
+  accounting builds the paper's models so) is traced through a stand-in of its class and config with two layers
+  per stack and a small vocabulary.
 
 What is found is kept as a :class:`Structure` of paths inside one layer, applied to every layer. A model whose
 structure cannot be found this way can be described by hand in :data:`OVERRIDES` (model_type -> Structure).
@@ -23,6 +25,7 @@ structure cannot be found this way can be described by hand in :data:`OVERRIDES`
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import weakref
 from dataclasses import dataclass, field
@@ -199,8 +202,39 @@ def structure_of(model: nn.Module) -> Structure:
         return override
     structure = _FOUND.get(model)
     if structure is None:
-        structure = _FOUND[model] = trace_structure(model)
+        if model.get_input_embeddings().weight.device.type == "meta":  # no values to trace: a small stand-in
+            key = (type(model), model.config.to_json_string())
+            if key not in _FOUND_WEIGHTLESS:
+                _FOUND_WEIGHTLESS[key] = trace_structure(_stand_in(model))
+            structure = _FOUND_WEIGHTLESS[key]
+        else:
+            structure = trace_structure(model)
+        _FOUND[model] = structure
     return structure
+
+
+#: How many layers of each stack (and how large a vocabulary) the stand-in of a weightless model has.
+STAND_IN_LAYERS = 2
+STAND_IN_VOCAB = 128
+_LAYER_COUNTS = ("num_hidden_layers", "encoder_layers", "decoder_layers", "num_layers", "num_decoder_layers",
+                 "n_layer", "n_layers")
+_FOUND_WEIGHTLESS: dict[tuple, Structure] = {}  # (model class, config) -> Structure, for meta-device models
+
+
+def _stand_in(model: nn.Module) -> nn.Module:
+    """A model of the same class and config on the CPU with random weights, but STAND_IN_LAYERS layers per stack and
+    a small vocabulary: the same modules at the same paths, for a model whose weights are on the meta device."""
+    config = copy.deepcopy(model.config)
+    for name in _LAYER_COUNTS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > STAND_IN_LAYERS:
+            setattr(config, name, STAND_IN_LAYERS)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:STAND_IN_LAYERS]
+    special = [v for k, v in config.to_dict().items() if k.endswith("_token_id") and isinstance(v, int)]
+    config.vocab_size = min(config.vocab_size, max([STAND_IN_VOCAB - 1, *special]) + 1)
+    with torch.device("cpu"):
+        return type(model)(config).to(model.get_input_embeddings().weight.dtype)
 
 
 def position_embedding(model: nn.Module) -> nn.Module | None:
@@ -315,10 +349,6 @@ def _trace_first_layer(model: nn.Module, stack: nn.Module, layer: nn.Module, dec
 
     embeddings = model.get_input_embeddings()
     weight = embeddings.weight
-    if weight.device.type == "meta":
-        raise UnsupportedStructure("petl finds the sites by running the first layer once, and this model's weights "
-                                   "are on the meta device; load them first, or describe the model in "
-                                   "petl.sites.OVERRIDES")
     vocab = weight.shape[0]
     ids = (torch.arange(TRACE_LENGTH, device=weight.device) * 7 + 5).remainder(vocab).unsqueeze(0)
     config = model.config

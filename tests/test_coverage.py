@@ -244,3 +244,14 @@ def test_prompt_tuning_keeps_the_outputs_aligned_with_the_inputs(arch):
     assert prompted.logits.shape == base.logits.shape
     assert not torch.allclose(prompted.logits, base.logits, atol=1e-6, rtol=1e-4)  # every layer sees the prompt
     assert torch.isfinite(prompted.loss)
+
+
+def test_a_weightless_model_is_traced_through_a_small_stand_in_of_its_class():
+    import transformers
+    config = tiny_config("llama")
+    config.num_hidden_layers = 5
+    with torch.device("meta"):
+        weightless = transformers.AutoModelForCausalLM.from_config(config)
+    assert sites.structure_of(weightless) == sites.trace_structure(transformers.AutoModelForCausalLM.from_config(config))
+    model = petl.apply(weightless, "mam", **SMALL)
+    assert len(sites.find_sites(model).ffn) == 5 and model.get_input_embeddings().weight.device.type == "meta"
