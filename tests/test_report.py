@@ -178,3 +178,16 @@ def test_imports_point_one_way():
             assert not {m for m in _imports(path) if m.startswith("petl.report")}, name
     for path in (ROOT / "petl" / "report").glob("*.py"):
         assert not {m for m in _imports(path) if m == "benchmarks" or m.startswith("benchmarks.")}, path.name
+
+
+def test_a_method_with_some_seeds_at_the_majority_class_is_named_with_their_count(monkeypatch):
+    from petl.report import prose
+    monkeypatch.setattr(prose, "baseline", lambda name: {"test": {"accuracy": 60.2}})
+    runs = pd.DataFrame({"label": ["a"] * 3 + ["b"] * 3 + ["c"] * 3, "seed": [0, 1, 2] * 3,
+                         "test.accuracy": [60.2, 60.2, 75.0, 60.2, 60.3, 60.1, 71.0, 73.0, 72.0],
+                         "parameters.paper_pct": [0.5] * 9, "variant": ["mam"] * 9, "size": [None] * 9,
+                         "scale": [None] * 9, "petl.attn_bn": [16] * 9, "petl.ffn_bn": [16] * 9})
+    table = report.summarize(runs, "accuracy")
+    assert table["values"].tolist()[0] == [60.2, 60.2, 75.0]
+    assert prose.stuck_at_majority(table, "rt-polarity") == "a (2 of 3 seeds), b (the majority class scores 60.2)"
+    assert prose.majority_verdict(table, "rt-polarity") == "1 of the 3 methods left the majority class in every seed"

@@ -59,14 +59,25 @@ def largest_std(table: pd.DataFrame) -> str:
     return "—" if table.empty else f"{table['std'].max():.1f}"
 
 
+def _seeds_at(row, level: float, tolerance: float) -> int:
+    """How many of a summary row's seeds score the majority class's accuracy (within `tolerance`)."""
+    values = row["values"] if isinstance(row.get("values"), list) else [row["mean"]]
+    return sum(abs(v - level) <= tolerance for v in values)
+
+
 def stuck_at_majority(table: pd.DataFrame, task: str, tolerance: float = 0.5) -> str:
-    """Which methods of a summary never left the majority-class accuracy (runs/baselines)."""
+    """Which methods of a summary sit at the majority-class accuracy (runs/baselines) in some seed: the name alone
+    where every seed does, 'name (k of n seeds)' where only some do."""
     record = baseline(f"{task}-majority")
     if record is None or table.empty:
         return "no method (the majority-class record is missing)"
     level = record["test"]["accuracy"]
-    names = [str(r["label"]) for _, r in table.iterrows()
-             if abs(r["mean"] - level) <= tolerance and r["std"] <= tolerance]
+    names = []
+    for _, row in table.iterrows():
+        stuck, seeds = _seeds_at(row, level, tolerance), len(row["values"]) if isinstance(row.get("values"), list) \
+            else 1
+        if stuck:
+            names.append(str(row["label"]) + ("" if stuck == seeds else f" ({stuck} of {seeds} seeds)"))
     return (", ".join(names) if names else "no method") + f" (the majority class scores {level:.1f})"
 
 
@@ -136,15 +147,16 @@ def backbone(sel) -> str:
 
 
 def majority_verdict(table: pd.DataFrame, task: str, tolerance: float = 0.5) -> str:
-    """'no method left the majority class' / 'k of n methods left the majority class' (see stuck_at_majority)."""
+    """'none of the n methods left the majority class' / 'k of n methods left the majority class in every seed'
+    (see stuck_at_majority: a method with one seed at the majority has not left it)."""
     record = baseline(f"{task}-majority")
     if record is None or table.empty:
         return "the majority-class record is missing"
     level = record["test"]["accuracy"]
-    stuck = sum(abs(r["mean"] - level) <= tolerance and r["std"] <= tolerance for _, r in table.iterrows())
-    if stuck == len(table):
-        return f"none of the {len(table)} methods left the majority class"
-    return f"{len(table) - stuck} of the {len(table)} methods left the majority class"
+    left = sum(_seeds_at(r, level, tolerance) == 0 for _, r in table.iterrows())
+    if left == 0:
+        return f"none of the {len(table)} methods left the majority class in every seed"
+    return f"{left} of the {len(table)} methods left the majority class in every seed"
 
 
 def rank_of(table: pd.DataFrame, which) -> str:

@@ -275,16 +275,18 @@ def ran_on(run) -> str:
 
 def summarize(df: pd.DataFrame, metric: str, split: str = "test") -> pd.DataFrame:
     """Mean ± std over seeds of `split.metric`, one row per method (label) in the order of `df`, with the run
-    count, the paper-convention % parameters and the key columns (variant, size, scale, sizes)."""
+    count, each seed's value, the paper-convention % parameters and the key columns (variant, size, scale,
+    sizes)."""
     column = f"{split}.{metric}"
     keys = list(KEY_COLUMNS)
     if df.empty or column not in df:
-        return pd.DataFrame(columns=[*keys, "params %", "mean", "std", "seeds", metric, "ran on"])
+        return pd.DataFrame(columns=[*keys, "params %", "mean", "std", "seeds", "values", metric, "ran on"])
     grouped = df.groupby("label", sort=False)
     out = grouped.agg(**{k: (k, "first") for k in keys if k != "label"},
                       **{"params %": ("parameters.paper_pct", "mean"), "mean": (column, "mean"),
                          "std": (column, "std"), "seeds": ("seed", "nunique")}).reset_index()
     out["std"] = out["std"].fillna(0.0)  # metrics are recorded on a 0-100 scale
+    out["values"] = out["label"].map(grouped[column].agg(list))       # every seed's number, in the runs' order
     where = df.apply(ran_on, axis=1).groupby(df["label"], sort=False).agg(lambda s: "; ".join(sorted(set(s))))
     out["ran on"] = out["label"].map(where)                           # device and precision of its numbers
     out[metric] = [f"{m:.1f} ± {s:.1f}" if n > 1 else f"{m:.1f}" for m, s, n in
