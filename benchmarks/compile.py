@@ -2,6 +2,7 @@
 
     python -m benchmarks.compile                       # minilm: breaks of every preset, lora and mam timed (~10 min)
     python -m benchmarks.compile --shape tiny-bert --rounds 6 --backend aot_eager --out /tmp/c.json   # a minute
+    python -m benchmarks.compile --shape smollm2 --rounds 0 --presets mam prefix lora   # graph breaks only
 
 Graph breaks: `torch._dynamo.explain` of one training-mode forward pass with labels (the loss included) of every
 preset of petl.config.PRESETS at the paper's GLUE sizes (l = r = 16), on the shape's random-initialised model;
@@ -118,7 +119,7 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(TIMED), help="methods timed eager and compiled")
     parser.add_argument("--presets", nargs="+", default=None, help="presets whose graph breaks are counted "
                                                                    "(default: every one)")
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=12, help="timing rounds (0: count the graph breaks only)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model (the compiled ones compile)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (inductor, aot_eager, ...)")
     parser.add_argument("--threads", type=int, default=2)
@@ -126,6 +127,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=None,
                         help="record path (default runs/benchmarks/compile/cpu-<shape>-<UTC date and time>.json)")
     args = parser.parse_args(argv)
+    if args.rounds < 0:
+        parser.error("--rounds must be 0 (graph breaks only) or more")
     get_shape(args.shape)  # a clear error for an unknown shape
     return args
 
@@ -164,6 +167,8 @@ def main(argv=None) -> dict:
     record["graph_breaks"] = preset_breaks(shape, presets, template)
     record["graph_breaks_with_checkpointing"] = checkpointing_breaks(shape, timed, template)
     write_record(record, out)
+    if args.rounds == 0:  # graph breaks only
+        return finish(record, out, started)
 
     log(f"[{args.shape}] building {len(timed)} methods, eager and compiled ({args.backend})")
     models = {}
@@ -189,6 +194,11 @@ def main(argv=None) -> dict:
         median_step_cpu_s={n: median_time(t, "cpu_s") for n, t in raw.items()},
         ratio_compiled_to_eager={name: {c: paired_ratio(raw[f"{name}_compiled"], raw[f"{name}_eager"], c)
                                         for c in CLOCKS} for name in timed})
+    return finish(record, out, started)
+
+
+def finish(record: dict, out: Path, started: float) -> dict:
+    """Complete the record, write it, print the summary."""
     record["machine"]["loadavg_end"] = list(os.getloadavg())
     record["wall_time_s"] = time.perf_counter() - started
     record["complete"] = True

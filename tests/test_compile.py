@@ -9,6 +9,7 @@ whole. The benchmark's record says the same for the real shapes (benchmarks/READ
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ if str(ROOT) not in sys.path:
 from torch._dynamo.utils import counters  # noqa: E402
 
 import petl  # noqa: E402
+from benchmarks import compile as bench  # noqa: E402
 from benchmarks.compile import graph_breaks, preset_config  # noqa: E402
 from conftest import tiny_batch, tiny_model  # noqa: E402
 
@@ -101,3 +103,22 @@ def test_compiled_mam_gives_eager_logits_loss_gradients_and_training_step(arch, 
         assert torch.allclose(c_grads[name], grads[name], **close), name
         assert torch.allclose(c_after[name], after[name], **close), name
     assert not torch.equal(again, loss) and torch.allclose(c_again, again, **close)  # the step changed the model
+
+
+@pytest.mark.slow
+def test_the_compile_benchmark_writes_a_complete_record(tmp_path):
+    out = tmp_path / "c.json"
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--shape", "tiny-bert", "--presets", "mam", "lora", "--methods", "lora", "--rounds", "2",
+                    "--warmup", "1", "--backend", "aot_eager", "--threads", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    record = json.loads(out.read_text())
+    assert record["kind"] == "petl-compile-benchmark" and record["complete"] and record["git"]
+    assert {v: (b["graphs"], b["breaks"]) for v, b in record["graph_breaks"].items()} == {"mam": (1, 0),
+                                                                                            "lora": (1, 0)}
+    assert set(record["graph_breaks_with_checkpointing"]["default"]) == {"stock", "lora"}
+    assert set(record["timing"]["raw"]) == {"lora_eager", "lora_compiled"}
+    ratio = record["timing"]["ratio_compiled_to_eager"]["lora"]["wall_s"]["median"]
+    assert 0 < ratio < float("inf")
