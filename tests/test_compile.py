@@ -118,7 +118,13 @@ def test_the_compile_benchmark_writes_a_complete_record(tmp_path):
     assert record["kind"] == "petl-compile-benchmark" and record["complete"] and record["git"]
     assert {v: (b["graphs"], b["breaks"]) for v, b in record["graph_breaks"].items()} == {"mam": (1, 0),
                                                                                             "lora": (1, 0)}
-    assert set(record["graph_breaks_with_checkpointing"]["default"]) == {"stock", "lora"}
+    assert record["graph_breaks"]["mam"]["messages"] == {}
+    checkpointed = record["graph_breaks_with_checkpointing"]
+    assert set(checkpointed) == set(bench.CHECKPOINTING_SETTINGS)
+    assert all(set(found) == {"stock", "lora"} for found in checkpointed.values())
+    # the breaks of a checkpointed forward pass are transformers' own: without them, none (nor with LoRA)
+    assert {n: b["breaks"] for n, b in checkpointed["transformers_quiet"].items()} == {"stock": 0, "lora": 0}
+    assert checkpointed["default"]["stock"]["breaks"] > 0 and checkpointed["default"]["stock"]["messages"]
     assert set(record["timing"]["raw"]) == {"lora_eager", "lora_compiled"}
     ratio = record["timing"]["ratio_compiled_to_eager"]["lora"]["wall_s"]["median"]
     assert 0 < ratio < float("inf")
