@@ -2,12 +2,14 @@
 
     python -m benchmarks.compile                       # minilm: breaks of every preset, lora and mam timed (~10 min)
     python -m benchmarks.compile --shape tiny-bert --rounds 6 --backend aot_eager --out /tmp/c.json   # a minute
+    python -m benchmarks.compile --shape smollm2 --rounds 0 --presets mam prefix lora   # graph breaks only
 
 Graph breaks: `torch._dynamo.explain` of one training-mode forward pass with labels (the loss included) of every
 preset of petl.config.PRESETS at the paper's GLUE sizes (l = r = 16), on the shape's random-initialised model;
 the backward pass is traced from the forward graphs, so a forward without breaks compiles fwd + bwd whole. Also
 with gradient checkpointing (non-reentrant, as `python -m petl train --gradient-checkpointing` enables it) for the
-timed methods, where breaks remain (benchmarks/README.md, "torch.compile", says which and why).
+timed methods, where breaks remain (benchmarks/README.md, "torch.compile", says which and why), in four settings
+(CHECKPOINTING_SETTINGS) that tell transformers' breaks from petl's. Each count comes with dynamo's messages.
 
 Timing: a training step = forward + loss + backward + AdamW.step + zero_grad, as benchmarks.run measures it
 (benchmarks.methods.Prepared.step); the compiled variant is the same method model wrapped in torch.compile (the
@@ -40,24 +42,46 @@ TIMED = ("lora", "mam")
 CLOCKS = ("wall_s", "cpu_s")
 
 
-def graph_breaks(model, batch: dict, checkpointing: bool = False) -> dict:
-    """{graphs, breaks, reasons: [{reason, where}]} of one forward pass of `model` on `batch` (its current train /
-    eval mode), as torch._dynamo.explain finds them; `where` is the innermost two frames of user code."""
+def graph_breaks(model, batch: dict, checkpointing: bool = False, transformers_quiet: bool = False) -> dict:
+    """{graphs, breaks, reasons: [{reason, where}], messages: {message: times}} of one forward pass of `model` on
+    `batch` (its current train / eval mode), as torch._dynamo.explain finds them; `where` is the innermost two
+    frames of user code. explain's reasons leave out the breaks dynamo meets while it falls back to running a
+    frame eagerly (on SmolLM2 under gradient checkpointing, all of them), so `messages` keeps the first line of
+    every graph-break message dynamo counted (torch._dynamo.utils.counters), each with how often it was met: a
+    frame that is traced again or resumed meets its break again, so these are not break counts.
+
+    With `checkpointing`, `transformers_quiet` takes away the two things transformers adds to a checkpointed
+    forward pass that dynamo cannot trace: the warning that use_cache is switched off (config.use_cache = False
+    for the call) and the forward hook that makes the input embeddings require grad (disable_input_require_grads;
+    non-reentrant checkpointing does not need it)."""
+    from torch._dynamo.utils import counters
     torch._dynamo.reset()
+    counters["graph_break"].clear()
+    use_cache = getattr(model.config, "use_cache", None)
     if checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if transformers_quiet:
+            model.disable_input_require_grads()
+            model.config.use_cache = False
     try:
         explained = torch._dynamo.explain(model)(**batch)
     finally:
         if checkpointing:
             model.activation_checkpointing_disable()
+            model.config.use_cache = use_cache
         torch._dynamo.reset()
     reasons = []
     for reason in explained.break_reasons:
         where = " <- ".join(f"{Path(frame.filename).name}:{frame.lineno} {frame.name}"
                             for frame in reversed(reason.user_stack[-2:]))
         reasons.append(dict(reason=reason.reason.splitlines()[0][:300], where=where))
-    return dict(graphs=explained.graph_count, breaks=explained.graph_break_count, reasons=reasons)
+    messages: dict[str, int] = {}
+    for message, times in counters["graph_break"].items():
+        first = (message.strip().splitlines() or [""])[0][:300]
+        messages[first] = messages.get(first, 0) + times
+    counters["graph_break"].clear()
+    return dict(graphs=explained.graph_count, breaks=explained.graph_break_count, reasons=reasons,
+                messages=dict(sorted(messages.items())))
 
 
 def preset_config(variant: str) -> dict:
@@ -86,15 +110,22 @@ def preset_breaks(shape, presets, template) -> dict:
     return out
 
 
+#: The settings graph breaks under gradient checkpointing are counted in: key -> (dynamo may replay a hook's
+#: Python side effects, transformers' untraceable additions taken away; graph_breaks says which).
+CHECKPOINTING_SETTINGS = {"default": (False, False), "side_effects_allowed": (True, False),
+                          "transformers_quiet": (False, True), "transformers_quiet_side_effects_allowed": (True, True)}
+
+
 def checkpointing_breaks(shape, specs: dict, template) -> dict:
-    """Graph breaks under gradient checkpointing, for each timed method and the stock model (nothing attached), and
-    with torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint, which lets a hook's Python state
-    (the Captured holder) be set inside a checkpointed layer."""
+    """Graph breaks under gradient checkpointing, for each timed method and the stock model (nothing attached):
+    as `python -m petl train --gradient-checkpointing` runs it; with
+    torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint, which lets a hook's Python state (the
+    Captured holder) be set inside a checkpointed layer; and each of those with transformers' own untraceable
+    additions taken away (graph_breaks' transformers_quiet), which leaves what petl adds."""
     import petl
     batch = shape.make_batch()
     out = {}
-    for side_effects in (False, True):
-        key = "side_effects_allowed" if side_effects else "default"
+    for key, (side_effects, quiet) in CHECKPOINTING_SETTINGS.items():
         out[key] = {}
         for name in ("stock", *specs):
             model = share_frozen(template)
@@ -102,7 +133,7 @@ def checkpointing_breaks(shape, specs: dict, template) -> dict:
                 petl.apply(model, petl.PETLConfig.from_dict(specs[name].petl_config))
             model.train()
             with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=side_effects):
-                out[key][name] = graph_breaks(model, batch, checkpointing=True)
+                out[key][name] = graph_breaks(model, batch, checkpointing=True, transformers_quiet=quiet)
             log(f"  checkpointing ({key}) {name}: {out[key][name]['breaks']} graph breaks")
     return out
 
@@ -118,7 +149,7 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(TIMED), help="methods timed eager and compiled")
     parser.add_argument("--presets", nargs="+", default=None, help="presets whose graph breaks are counted "
                                                                    "(default: every one)")
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=12, help="timing rounds (0: count the graph breaks only)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per model (the compiled ones compile)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (inductor, aot_eager, ...)")
     parser.add_argument("--threads", type=int, default=2)
@@ -126,6 +157,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=None,
                         help="record path (default runs/benchmarks/compile/cpu-<shape>-<UTC date and time>.json)")
     args = parser.parse_args(argv)
+    if args.rounds < 0:
+        parser.error("--rounds must be 0 (graph breaks only) or more")
     get_shape(args.shape)  # a clear error for an unknown shape
     return args
 
@@ -164,6 +197,8 @@ def main(argv=None) -> dict:
     record["graph_breaks"] = preset_breaks(shape, presets, template)
     record["graph_breaks_with_checkpointing"] = checkpointing_breaks(shape, timed, template)
     write_record(record, out)
+    if args.rounds == 0:  # graph breaks only
+        return finish(record, out, started)
 
     log(f"[{args.shape}] building {len(timed)} methods, eager and compiled ({args.backend})")
     models = {}
@@ -189,6 +224,11 @@ def main(argv=None) -> dict:
         median_step_cpu_s={n: median_time(t, "cpu_s") for n, t in raw.items()},
         ratio_compiled_to_eager={name: {c: paired_ratio(raw[f"{name}_compiled"], raw[f"{name}_eager"], c)
                                         for c in CLOCKS} for name in timed})
+    return finish(record, out, started)
+
+
+def finish(record: dict, out: Path, started: float) -> dict:
+    """Complete the record, write it, print the summary."""
     record["machine"]["loadavg_end"] = list(os.getloadavg())
     record["wall_time_s"] = time.perf_counter() - started
     record["complete"] = True
