@@ -106,6 +106,35 @@ def test_compiled_mam_gives_eager_logits_loss_gradients_and_training_step(arch, 
 
 
 @pytest.mark.slow
+def test_under_gradient_checkpointing_mam_is_one_graph_once_its_side_effect_is_allowed():
+    """MAM's only break under non-reentrant checkpointing is petl's Captured holder, written and emptied inside the
+    checkpointed layer (benchmarks/README.md, "torch.compile"); with transformers' use_cache warning and input-grad
+    hook taken away and dynamo allowed that side effect, compiled MAM is one graph with eager's loss and gradients."""
+    for arch in ("bert", "llama"):
+        batch, results = tiny_batch(arch), {}
+        for key in ("eager", "compiled"):
+            model = _method_model(arch, "mam")
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model.disable_input_require_grads()  # non-reentrant checkpointing does not need it
+            model.config.use_cache = False
+            torch._dynamo.reset()
+            counters.clear()
+            try:
+                with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):
+                    run = torch.compile(model, backend="aot_eager") if key == "compiled" else model
+                    loss = run(**batch).loss
+                    loss.backward()
+                graphs, breaks = counters["stats"]["unique_graphs"], dict(counters["graph_break"])
+            finally:
+                torch._dynamo.reset()
+            results[key] = loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        assert (graphs, breaks) == (1, {}), arch  # of the compiled run, the last
+        (loss, grads), (c_loss, c_grads) = results["eager"], results["compiled"]
+        assert torch.allclose(c_loss, loss, rtol=1e-4, atol=1e-5), arch
+        assert all(torch.allclose(c_grads[n], grads[n], rtol=1e-4, atol=1e-5) for n in grads), arch
+
+
+@pytest.mark.slow
 def test_the_compile_benchmark_writes_a_complete_record(tmp_path):
     out = tmp_path / "c.json"
     threads = torch.get_num_threads()
