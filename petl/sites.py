@@ -91,7 +91,8 @@ Structure = tuple[StackSpec, ...]
 #: model_type -> Structure, for models whose structure the tracer cannot find. Empty: every architecture petl is
 #: tested on is found from its structure (tests/test_coverage.py).
 OVERRIDES: dict[str, Structure] = {}
-_FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its Structure, found once
+_FOUND: dict[tuple, Structure] = {}  # (model class, config as JSON) -> its Structure, found once
+_OF_MODEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its Structure
 
 
 # ---- sites: the modules of every layer ---------------------------------------------------------------------------
@@ -154,7 +155,6 @@ class FFNSite:
     dropout: float  # the model's hidden dropout, applied to FFN(x) and inside the reference's FFN adapters
 
 
-
 @dataclass
 class Sites:
     architecture: str
@@ -200,16 +200,15 @@ def structure_of(model: nn.Module) -> Structure:
     override = OVERRIDES.get(getattr(model.config, "model_type", None))
     if override is not None:
         return override
-    structure = _FOUND.get(model)
-    if structure is None:
-        if model.get_input_embeddings().weight.device.type == "meta":  # no values to trace: a small stand-in
-            key = (type(model), model.config.to_json_string())
-            if key not in _FOUND_WEIGHTLESS:
-                _FOUND_WEIGHTLESS[key] = trace_structure(_stand_in(model))
-            structure = _FOUND_WEIGHTLESS[key]
-        else:
-            structure = trace_structure(model)
-        _FOUND[model] = structure
+    structure = _OF_MODEL.get(model)  # kept per model: later config changes (BERT's problem_type) or attached
+    if structure is None:              # methods never lead to a second trace of it
+        # The same class built from the same config has the same modules at the same paths: trace it once.
+        key = (type(model), model.config.to_json_string())
+        structure = _FOUND.get(key)
+        if structure is None:
+            weightless = model.get_input_embeddings().weight.device.type == "meta"  # no values: a small stand-in
+            structure = _FOUND[key] = trace_structure(_stand_in(model) if weightless else model)
+        _OF_MODEL[model] = structure
     return structure
 
 
@@ -218,7 +217,6 @@ STAND_IN_LAYERS = 2
 STAND_IN_VOCAB = 128
 _LAYER_COUNTS = ("num_hidden_layers", "encoder_layers", "decoder_layers", "num_layers", "num_decoder_layers",
                  "n_layer", "n_layers")
-_FOUND_WEIGHTLESS: dict[tuple, Structure] = {}  # (model class, config) -> Structure, for meta-device models
 
 
 def _stand_in(model: nn.Module) -> nn.Module:
