@@ -316,3 +316,19 @@ def baseline(name: str, directory: str | os.PathLike | None = None) -> dict | No
     except (OSError, json.JSONDecodeError) as error:
         print(f"WARNING: skipping damaged baseline record {path}: {error}")
         return None
+
+
+def baseline_records(task: str, directory: str | os.PathLike | None = None) -> list[dict]:
+    """Every baseline record of one task (runs/baselines/*.json written by `python -m petl.baselines`), by name."""
+    import json
+    folder = Path(directory or runs_dir()) / "baselines"
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            print(f"WARNING: skipping damaged baseline record {path}: {error}")
+            continue
+        if isinstance(record, dict) and record.get("task") == task:
+            out.append(record)
+    return out
