@@ -12,6 +12,7 @@ and the sentences glued into their prose. The book never trains.
     reference   the record of the agreement with the paper's reference code
     accounting  the paper's % column against petl's count, for every counted row of presets.csv
     provenance  the commits, environments and devices behind each chapter
+    verdict     the protocol's verdicts on the paper's claims (book/claims.yaml): paired differences with intervals
 
 Imports go one way: report -> petl.runs (and petl.sweep.plan); nothing in petl.runs, petl.sweep or petl.train
 imports report.
@@ -32,8 +33,10 @@ from petl.report.prose import (METRIC_LABELS, backbone, below, best, compare, co
                                largest_std, majority_verdict, rank_of, relation, setting, spread, stuck_at_majority,
                                versus)
 from petl.report.reference import reference_agreement
-from petl.report.selection import (KEY_COLUMNS, ROOT, GridRuns, baseline, book_runs, describe_points, grid_points,
-                                   grid_runs, label_of, pick, ran_on, records, runs_dir, scale_of, select,
-                                   size_of, summarize)
+from petl.report.selection import (KEY_COLUMNS, ROOT, GridRuns, baseline, baseline_records, book_runs,
+                                   describe_points, grid_points, grid_runs, label_of, pick, ran_on, records,
+                                   runs_dir, scale_of, select, size_of, summarize)
+from petl.report.verdict import (claim_verdict, claims, paired_difference, verdict_caption, verdict_summary,
+                                 verdict_table)
 
 variant_label = label_of  # the name before the split

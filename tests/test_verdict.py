@@ -1,0 +1,160 @@
+"""petl.report.verdict: the protocol's verdicts (book/claims.yaml) from paired seeds, with a 95% interval, between
+arms that learned; records written here from committed templates, nothing trains."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from petl import sweep
+from petl.report import verdict
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = {v: next((ROOT / "runs").glob(f"rt-polarity_minilm_{v}_seed0_100steps_*")) for v in ("lora", "full")}
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045)])
+def test_the_t_quantile_is_students(df, expected):
+    assert verdict.t_quantile(0.975, df) == pytest.approx(expected, abs=5e-4)
+    assert verdict.t_cdf(0.0, df) == pytest.approx(0.5)
+
+
+def test_a_paired_difference_pairs_by_seed_with_a_t_interval():
+    diff = verdict.paired_difference({0: 1.0, 1: 2.0, 2: 3.0, 7: 9.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert (diff.n, diff.mean, diff.sd) == (3, 2.0, 1.0)                # seed 7 has no partner: left out
+    half = 4.3027 / math.sqrt(3)
+    assert diff.low == pytest.approx(2 - half, abs=1e-3) and diff.high == pytest.approx(2 + half, abs=1e-3)
+    assert verdict.paired_difference({0: 1.0}, {0: 0.5}).low is None  # one seed: no interval
+    with pytest.raises(ValueError, match="share no seed"):
+        verdict.paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_decide_reads_the_interval_against_what_the_paper_reports():
+    D = verdict.Difference
+    assert verdict.decide(D(3, 1.0, 0.2, 0.5, 1.5), "greater") == "agrees"
+    assert verdict.decide(D(3, -1.0, 0.2, -1.5, -0.5), "greater") == "disagrees"
+    assert verdict.decide(D(3, 0.5, 1.0, -0.5, 1.5), "greater") == "undecided at n = 3"
+    assert verdict.decide(D(3, -0.4, 0.1, -0.8, -0.1), "close", margin=1.0) == "agrees"   # above -margin
+    assert verdict.decide(D(3, -3.0, 0.1, -3.5, -2.5), "close", margin=1.0) == "disagrees"
+    assert verdict.decide(D(1, 2.0, None, None, None), "greater") == "undecided at n = 1"
+    with pytest.raises(ValueError, match="greater, close"):
+        verdict.decide(D(3, 1.0, 0.2, 0.5, 1.5), "better")
+    # a spread of 1 around a mean of 1: t(n-1) / sqrt(n) < 1 first at n = 7
+    assert verdict.seeds_to_resolve(D(3, 1.0, 1.0, -1.5, 3.5)) == 7
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# From records to a verdict table
+# ---------------------------------------------------------------------------------------------------------------
+
+def _grid(tmp_path: Path) -> str:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("fixed: {task: rt-polarity, model: minilm, max_steps: 100, eval_every: 50, bf16: false}\n"
+                    "grid:\n  variant: [lora, full]\n  seed: [0, 1, 2]\n")
+    return str(grid)
+
+
+def _records(tmp_path: Path, grid: str, scores: dict) -> Path:
+    """Records of the grid's points from committed templates, with dev / test accuracy from `scores`
+    (variant -> [(dev, test) per seed]), and the majority baseline."""
+    runs = tmp_path / "runs"
+    for point, rid in sweep.plan([grid]):
+        values = scores.get(point["variant"])
+        if values is None:
+            continue
+        dev, test = values[point["seed"]]
+        config = json.loads((TEMPLATES[point["variant"]] / "config.json").read_text())
+        metrics = json.loads((TEMPLATES[point["variant"]] / "metrics.json").read_text())
+        config.update(run_id=rid)
+        config["train"]["seed"] = point["seed"]
+        metrics.update(dev={"accuracy": dev}, test={"accuracy": test})
+        (runs / rid).mkdir(parents=True)
+        (runs / rid / "config.json").write_text(json.dumps(config))
+        (runs / rid / "metrics.json").write_text(json.dumps(metrics))
+    (runs / "baselines").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "runs" / "baselines" / "rt-polarity-majority.json", runs / "baselines")
+    return runs
+
+
+def _claims(tmp_path: Path, grid: str, expect: str = "greater", margin: float | None = None) -> Path:
+    comp = {"what": "LoRA against full fine-tuning", "grids": [grid], "a": "lora", "b": "full",
+            "metric": "accuracy", "expect": expect,
+            "paper": {"table": "table2", "a": "LoRA", "b": "full fine-tuning", "task": "sst2", "metric": "accuracy"}}
+    if margin is not None:
+        comp["margin"] = margin
+    path = tmp_path / "claims.yaml"
+    path.write_text(json.dumps({"CX": {"claim": "LoRA is close", "paper": "Table 2", "chapter": "existing_methods",
+                                       "comparisons": [comp]}}))
+    return path
+
+
+LEARNED = {"lora": [(80.0, 79.0), (81.0, 80.5), (79.5, 80.0)], "full": [(82.0, 81.0), (83.0, 82.0), (82.5, 81.5)]}
+
+
+def test_a_verdict_table_row_from_records(tmp_path):
+    grid = _grid(tmp_path)
+    runs = _records(tmp_path, grid, LEARNED)
+    table = verdict.verdict_table("CX", _claims(tmp_path, grid, "close", margin=3.0), directory=runs)
+    row = table.iloc[0]
+    # test accuracy a - b per seed: -2.0, -1.5, -1.5 -> mean -1.67, interval within (-3, 0)
+    assert row["n"] == 3 and row["ours"].startswith("-1.67 [")
+    assert row["verdict"] == "agrees"
+    assert row["paper"] == "94.2 vs 94.6 (-0.40)"              # data/paper/results.csv, Table 2, SST-2
+    greater = verdict.verdict_table("CX", _claims(tmp_path, grid, "greater"), directory=runs).iloc[0]
+    assert greater["verdict"] == "disagrees"                  # LoRA below full in every seed
+    assert verdict.claim_verdict(table) == "agrees"
+
+
+def test_an_arm_that_did_not_learn_is_named_and_kept_out_of_the_verdict(tmp_path):
+    grid = _grid(tmp_path)
+    # the majority class on dev is 58.6 (586 of 1,000 positive): seed 1 of LoRA at 61.0 is not 10 points above
+    stuck = {**LEARNED, "lora": [(80.0, 79.0), (61.0, 60.2), (79.5, 80.0)]}
+    runs = _records(tmp_path, grid, stuck)
+    row = verdict.verdict_table("CX", _claims(tmp_path, grid), directory=runs).iloc[0]
+    assert row["verdict"].startswith("did not learn: lora")
+    assert "seed 1: dev.accuracy 61.0, not above 68.6 (rt-polarity-majority 58.6 + 10)" in row["verdict"]
+    assert row["ours"] == ""
+
+
+def test_missing_points_leave_the_comparison_pending(tmp_path):
+    grid = _grid(tmp_path)
+    runs = _records(tmp_path, grid, {"lora": LEARNED["lora"]})
+    row = verdict.verdict_table("CX", _claims(tmp_path, grid), directory=runs).iloc[0]
+    assert row["verdict"] == "pending: 3 of 6 points have no record yet: full seeds 0, 1, 2"
+    summary = verdict.verdict_summary(_claims(tmp_path, grid), directory=runs)
+    assert summary.iloc[0]["verdict"] == "not decided (1 pending)"
+
+
+def test_without_a_dev_baseline_no_arm_counts_as_learned(tmp_path):
+    grid = _grid(tmp_path)
+    runs = _records(tmp_path, grid, LEARNED)
+    (runs / "baselines" / "rt-polarity-majority.json").unlink()
+    row = verdict.verdict_table("CX", _claims(tmp_path, grid), directory=runs).iloc[0]
+    assert row["verdict"].startswith("did not learn") and "python -m petl.baselines" in row["verdict"]
+
+
+def test_the_protocol_file_is_checked(tmp_path):
+    grid = _grid(tmp_path)
+    path = _claims(tmp_path, grid, "close")                     # a 'close' comparison without a margin
+    with pytest.raises(ValueError, match="needs a margin"):
+        verdict.claims(path)
+    with pytest.raises(KeyError, match="no claim 'C9'"):
+        verdict.verdict_table("C9", _claims(tmp_path, grid))
+
+
+def test_the_books_protocol_names_real_paper_rows_and_arms():
+    """Every comparison of book/claims.yaml names two rows of results.csv and arms its grids have."""
+    spec = verdict.claims()
+    assert list(spec) == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    for cid, claim in spec.items():
+        assert (ROOT / "book" / f"{claim['chapter']}.ipynb").exists(), cid
+        for comp in claim["comparisons"]:
+            verdict._paper(comp)                                  # raises when a row is missing
+            variants = {p.get("variant") for g in comp["grids"] for p in sweep.read_grid(ROOT / g)}
+            for side in ("a", "b"):
+                which = comp[side] if isinstance(comp[side], str) else comp[side]["variant"]
+                assert which in variants, (cid, comp["what"], side)
