@@ -33,7 +33,7 @@ from petl.report.prose import (METRIC_LABELS, backbone, below, best, compare, co
                                versus)
 from petl.report.reference import reference_agreement
 from petl.report.selection import (KEY_COLUMNS, ROOT, GridRuns, baseline, book_runs, describe_points, grid_points,
-                                   grid_runs, label_of, pick, ran_on, records, runs_dir, scale_of, select,
+                                   grid_runs, label_of, lr_choice, pick, ran_on, records, runs_dir, scale_of, select,
                                    size_of, summarize)
 
 variant_label = label_of  # the name before the split
