@@ -323,14 +323,14 @@ def _choose(where: str, point: dict, sweep_grid: Path, runs_dir: Path, resolver:
     if differ:
         raise GridError(f"{where}: the candidates in {sweep_grid} for this point ({_method(point)}) differ in "
                         f"{differ} too, so they are not one setting; set {', '.join(differ)} in the point")
-    lrs = sorted({float(c["lr"]) for c in candidates})
+    lrs = sorted({c["lr"] for c in candidates})     # as the grid writes them: 1 and 1.0 are two run ids
     if len(lrs) < 2:
         raise GridError(f"{where}: point {point}: its {len(candidates)} candidate(s) in {sweep_grid} cover "
                         f"{len(lrs)} learning rate ({lrs[0]:g}); choosing one on dev needs at least 2 distinct lr")
     rows, have, metric = [], 0, None
     for lr in lrs:
         seeds, rids, devs, statuses = [], [], [], []
-        for cand in (c for c in candidates if float(c["lr"]) == lr):
+        for cand in (c for c in candidates if c["lr"] == lr):
             rid = resolver.run_id(sweep_grid, cand)
             status = runs.record_status(runs_dir, rid)
             dev = None
