@@ -16,6 +16,25 @@ papermill under the run's lock, and copy the executed notebook into the record (
 ``record_notebook``). A failing point (an error,
 a NaN loss) does not stop the sweep; failures are listed at the end and the exit code is 1. Running the same
 sweep again after an interruption continues where it stopped (complete runs are skipped).
+
+A learning rate chosen on the dev set: ``lr`` may be ``{best_on_dev: FILE}`` (in ``fixed``, or as one element of
+a ``grid`` list), FILE a *sweep grid* named relative to the folder of the grid file::
+
+    # lr_sweep.yaml                                 # seeds.yaml
+    fixed: {task: rt-polarity, variant: lora}       fixed: {task: rt-polarity, variant: lora,
+    grid: {lr: [1.0e-4, 3.0e-4, 1.0e-3]}                    lr: {best_on_dev: lr_sweep.yaml}}
+                                                    grid: {seed: [0, 1, 2]}
+
+Such a point's lr is the one whose points of FILE in the same setting (its *candidates*: the points that agree
+with it on every parameter both set, except ``lr`` and ``seed``) have the best dev primary metric, averaged over
+their seeds; a failed record (a diverged lr) scores worst, and a tie goes to the smaller lr (`lr_choice` gives
+the choice and its table). The chosen lr is an ordinary number in the point, so its run id and record are those
+of any point with that lr. The candidates must be one setting with at least 2 distinct, numeric learning rates,
+and FILE must list its own learning rates as numbers (no chaining); otherwise the grid is refused (GridError).
+While some candidate has no complete or failed record, the point is *waiting* (`Waiting`, in `Plan.waiting`): it
+has no run id yet, ``--dry-run`` lists it as ``wait (lr chosen on dev from FILE: k of n sweep points have a
+record)``, and the sweep plans again once it has run every ready point, so sweep points run in the same sweep
+make their waiting points ready; whatever still waits is listed at the end (not a failure).
 """
 from __future__ import annotations
 
@@ -44,7 +63,7 @@ class Outcome:
     """What happened to one grid point."""
     index: int
     run_id: str
-    status: str                 # complete | skipped | locked | failed
+    status: str                 # complete | skipped | locked | failed | waiting (lr not chosen yet; no run id)
     seconds: float = 0.0
     reason: str = ""
 
@@ -173,37 +192,232 @@ def grid_files(paths: list[str | os.PathLike]) -> list[Path]:
     return out
 
 
+BEST_ON_DEV = "best_on_dev"   # lr: {best_on_dev: <sweep grid file>}: the lr is chosen on that grid's dev results
+
+
+class Plan(list):
+    """What `plan` returns: the points that can run now, [(notebook parameters, run id)] in grid order (a list,
+    as `plan` always returned), and ``waiting``: [`Waiting`], the points whose lr is chosen on the dev set of sweep
+    points that do not all have a record yet. ``sources``: the sweep grid files whose records the plan read."""
+
+    def __init__(self, ready=(), waiting=(), sources=()):
+        super().__init__(ready)
+        self.waiting: list[Waiting] = list(waiting)
+        self.sources: list[Path] = list(dict.fromkeys(sources))
+
+
+@dataclasses.dataclass(eq=False)
+class Waiting:
+    """A grid point whose lr is chosen on dev (``lr: {best_on_dev: ...}``) from sweep points of which only
+    ``have`` of ``total`` have a complete or failed record: it has no lr, so no run id, until all do."""
+    point: dict                 # as the grid file gives it (its lr the best_on_dev mapping)
+    grid: Path                  # the grid file that lists it
+    sweep_grid: Path            # the grid file its lr is chosen from
+    have: int
+    total: int
+
+    @property
+    def reason(self) -> str:
+        return f"lr chosen on dev from {self.sweep_grid}: {self.have} of {self.total} sweep points have a record"
+
+
+@dataclasses.dataclass
+class LrChoice:
+    """The lr a point gets from a sweep grid (`lr_choice`): ``lr`` None while some candidate has no record.
+    ``table``: one row per candidate lr (ascending) with its seeds, run ids, dev scores (None: no score, the
+    record failed or is not there yet), n (seeds with a complete record), mean (of those), score (what was
+    compared: the mean, -inf where a seed failed), status and chosen."""
+    lr: float | None
+    metric: str | None          # the dev metric compared (the records' primary metric)
+    sweep_grid: Path
+    table: Any                  # pandas.DataFrame
+    have: int                   # candidates with a complete or failed record
+    total: int                  # candidates
+
+    @property
+    def waiting(self) -> bool:
+        return self.lr is None
+
+
+class _Resolver:
+    """Names and run ids of points against one notebook's parameters and TrainConfig."""
+
+    def __init__(self, notebook):
+        from petl.train_config import TrainConfig
+        self.notebook = Path(notebook)
+        self.defaults = notebook_parameters(notebook)
+        self.fields = {f.name for f in dataclasses.fields(TrainConfig)}
+
+    def check_names(self, path, point: dict) -> None:
+        unknown = sorted(set(point) - set(self.defaults))
+        if unknown:
+            raise GridError(f"{path}: unknown parameter(s) {unknown}; the notebook {self.notebook.name} "
+                            f"takes: {', '.join(sorted(self.defaults))}")
+        for name in SWEEP_PARAMETERS:
+            if name in point:
+                raise GridError(f"{path}: {name!r} is set by the sweep command (--runs-dir / --force), "
+                                f"not by the grid")
+
+    def run_id(self, path, point: dict) -> str:
+        from petl.train_config import TrainConfig, resolve_run
+        params = {**self.defaults, **point}
+        train_args = {k: v for k, v in params.items() if k in self.fields}
+        try:
+            return resolve_run(TrainConfig(**train_args)).run_id
+        except (ValueError, TypeError) as e:
+            raise GridError(f"{path}: point {point}: {e}") from None
+
+
+def _lr_source(path: Path, point: dict) -> Path | None:
+    """The sweep grid a point's ``lr: {best_on_dev: FILE}`` names (FILE relative to the folder of `path`), or None
+    for an ordinary lr."""
+    lr = point.get("lr")
+    if not isinstance(lr, dict):
+        return None
+    valid = f"lr is a number, or {{{BEST_ON_DEV}: <sweep grid file, relative to {path.parent}>}}"
+    unknown = sorted(map(str, set(lr) - {BEST_ON_DEV}))
+    if unknown or BEST_ON_DEV not in lr:
+        raise GridError(f"{path}: lr {lr!r}: unknown key(s) {unknown or sorted(map(str, lr))}; {valid}")
+    name = lr[BEST_ON_DEV]
+    if not isinstance(name, str) or not name.strip():
+        raise GridError(f"{path}: lr {lr!r}: {BEST_ON_DEV} must name a grid file, got {name!r}; {valid}")
+    return path.parent / name
+
+
+def _method(point: dict) -> str:
+    return f"variant {point.get('variant', '(the notebook default)')}, overrides {point.get('overrides')}"
+
+
+def _is_lr(value) -> bool:
+    import math
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _choose(where: str, point: dict, sweep_grid: Path, runs_dir: Path, resolver: _Resolver) -> LrChoice:
+    """The lr of `point` chosen on the dev records of its candidates in `sweep_grid` (see `lr_choice`)."""
+    import math
+
+    import pandas as pd
+    try:
+        points = read_grid(sweep_grid)
+    except GridError as e:
+        raise GridError(f"{where}: lr: {{{BEST_ON_DEV}: ...}} names a grid that cannot be used: {e}") from None
+    chained = [p for p in points if isinstance(p.get("lr"), dict)]
+    if chained:
+        raise GridError(f"{where}: the sweep grid {sweep_grid} chooses its own lr on dev ({chained[0]['lr']!r}); "
+                        f"a sweep grid lists its learning rates as numbers (no chaining)")
+    candidates = [p for p in points
+                  if all(p[k] == point[k] for k in (set(p) & set(point)) - {"lr", "seed"})]
+    if not candidates:
+        found = sorted({_method(p) for p in points})
+        raise GridError(f"{where}: no point of the sweep grid {sweep_grid} is the same method in the same setting as "
+                        f"this point ({_method(point)}): a candidate agrees with it on every parameter both set, "
+                        f"except lr and seed; that grid has: {'; '.join(found)}")
+    for cand in candidates:
+        if not _is_lr(cand.get("lr")):
+            raise GridError(f"{where}: sweep point {cand} of {sweep_grid} has no explicit numeric lr (got "
+                            f"{cand.get('lr')!r}); a sweep grid sets lr to a positive number in every point "
+                            f"(in fixed or in grid)")
+    keys = {k for c in candidates for k in c} - {"lr", "seed"}
+    differ = sorted(k for k in keys if len({repr(c.get(k)) for c in candidates}) > 1)
+    if differ:
+        raise GridError(f"{where}: the candidates in {sweep_grid} for this point ({_method(point)}) differ in "
+                        f"{differ} too, so they are not one setting; set {', '.join(differ)} in the point")
+    lrs = sorted({c["lr"] for c in candidates})     # as the grid writes them: 1 and 1.0 are two run ids
+    if len(lrs) < 2:
+        raise GridError(f"{where}: point {point}: its {len(candidates)} candidate(s) in {sweep_grid} cover "
+                        f"{len(lrs)} learning rate ({lrs[0]:g}); choosing one on dev needs at least 2 distinct lr")
+    rows, have, metric = [], 0, None
+    for lr in lrs:
+        seeds, rids, devs, statuses = [], [], [], []
+        for cand in (c for c in candidates if c["lr"] == lr):
+            rid = resolver.run_id(sweep_grid, cand)
+            status = runs.record_status(runs_dir, rid)
+            dev = None
+            if status == "complete":
+                _, metrics = runs.read_record(Path(runs_dir) / rid)
+                name = metrics.get("primary_metric")
+                dev = metrics["dev"].get(name) if name else None
+                if dev is None:
+                    raise GridError(f"{where}: the record {Path(runs_dir) / rid} has no dev value of its primary "
+                                    f"metric ({name!r}; dev has {sorted(metrics['dev'])}): its lr cannot be compared")
+                if metric is not None and name != metric:
+                    raise GridError(f"{where}: the candidates in {sweep_grid} were scored on different primary "
+                                    f"metrics ({metric}, {name}); they are not one setting")
+                metric = name
+            elif status != "failed":
+                status = None                              # no record yet (or a damaged one the sweep reruns)
+            have += status is not None
+            seeds.append(cand.get("seed", resolver.defaults.get("seed")))
+            rids.append(rid)
+            devs.append(dev)
+            statuses.append(status)
+        scored = [d for d in devs if d is not None]
+        mean = sum(scored) / len(scored) if scored else math.nan
+        if None in statuses:
+            status, score = f"waiting ({sum(s is not None for s in statuses)} of {len(statuses)} have a record)", \
+                math.nan
+        elif "failed" in statuses:
+            failed = [s for s, st in zip(seeds, statuses) if st == "failed"]
+            status, score = f"failed (seed {', '.join(map(str, failed))})", -math.inf
+        else:
+            status, score = "complete", mean
+        rows.append({"lr": lr, "seeds": seeds, "run_ids": rids, "dev": devs, "n": len(scored), "mean": mean,
+                     "score": score, "status": status, "chosen": False})
+    table = pd.DataFrame(rows, columns=["lr", "seeds", "run_ids", "dev", "n", "mean", "score", "status", "chosen"])
+    chosen = None
+    if have == len(candidates):
+        best = min(range(len(rows)), key=lambda i: (-rows[i]["score"], rows[i]["lr"]))   # ties: the smaller lr
+        chosen = rows[best]["lr"]
+        table.loc[best, "chosen"] = True
+    return LrChoice(chosen, metric, sweep_grid, table, have, len(candidates))
+
+
+def lr_choice(point: dict, grid_file: str | os.PathLike, runs_dir: str | os.PathLike = "runs",
+              notebook: str | os.PathLike = DEFAULT_NOTEBOOK) -> LrChoice:
+    """The lr `point` gets from the sweep grid `grid_file` on the dev records in `runs_dir`: among the sweep
+    points that agree with `point` on every parameter both set except lr and seed (its candidates), the lr whose
+    seeds' mean dev primary metric is highest; a failed record (a diverged run) scores worst; ties go to the
+    smaller lr. ``lr`` is None while a candidate has no complete or failed record. GridError for a point or grid
+    that cannot be chosen for (no candidate, one lr only, a candidate without a numeric lr, a sweep grid that
+    chooses its own lr on dev)."""
+    return _choose(f"point {point}", point, Path(grid_file), Path(runs_dir), _Resolver(notebook))
+
+
 def plan(paths: list[str | os.PathLike], notebook: str | os.PathLike = DEFAULT_NOTEBOOK,
-         runs_dir: str | os.PathLike = "runs") -> list[tuple[dict, str]]:
-    """Validate every point of the grids and return [(notebook parameters, run id)], nothing run yet."""
-    from petl.train_config import TrainConfig, resolve_run
-    defaults = notebook_parameters(notebook)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    points = []
+         runs_dir: str | os.PathLike = "runs") -> Plan:
+    """Validate every point of the grids and return the `Plan`: [(notebook parameters, run id)], nothing run yet,
+    and the points still waiting for their lr to be chosen on dev (``Plan.waiting``; their records in `runs_dir`)."""
+    resolver = _Resolver(notebook)
+    points, waiting, sources, choices = [], [], [], {}
     for path in grid_files(paths):
         for point in read_grid(path):
-            unknown = sorted(set(point) - set(defaults))
-            if unknown:
-                raise GridError(f"{path}: unknown parameter(s) {unknown}; the notebook {Path(notebook).name} "
-                                f"takes: {', '.join(sorted(defaults))}")
-            for name in SWEEP_PARAMETERS:
-                if name in point:
-                    raise GridError(f"{path}: {name!r} is set by the sweep command (--runs-dir / --force), "
-                                    f"not by the grid")
-            params = {**defaults, **point}
-            train_args = {k: v for k, v in params.items() if k in fields}
-            try:
-                rid = resolve_run(TrainConfig(**train_args)).run_id
-            except (ValueError, TypeError) as e:
-                raise GridError(f"{path}: point {point}: {e}") from None
-            points.append((point, rid))
+            resolver.check_names(path, point)
+            source = _lr_source(path, point)
+            if source is None:
+                points.append((point, resolver.run_id(path, point)))
+                continue
+            resolver.run_id(path, {**point, "lr": None})              # every other value checked now
+            sources.append(source)
+            setting = (str(source), repr(sorted((k, v) for k, v in point.items() if k not in ("lr", "seed"))))
+            if setting not in choices:
+                choices[setting] = _choose(f"{path}: point {point}", point, source, Path(runs_dir), resolver)
+            choice = choices[setting]
+            if choice.waiting:
+                waiting.append(Waiting(point, path, source, choice.have, choice.total))
+            else:
+                resolved = {**point, "lr": choice.lr}
+                points.append((resolved, resolver.run_id(path, resolved)))
     seen: dict[str, dict] = {}
     unique = []
     for point, rid in points:
         if rid not in seen:
             seen[rid] = point
             unique.append((point, rid))
-    return unique
+    same: dict[str, Waiting] = {}
+    for w in waiting:
+        same.setdefault(repr((str(w.sweep_grid), sorted(w.point.items(), key=repr))), w)
+    return Plan(unique, same.values(), sources)
 
 
 def _failure_reason(runs_dir: Path, rid: str, error: BaseException | None) -> str:
@@ -352,18 +566,57 @@ def sweep(paths: list[str | os.PathLike], runs_dir: str | os.PathLike = "runs", 
     runs_dir = Path(runs_dir).resolve()
     notebook = Path(notebook).resolve()
     points = plan(paths, notebook, runs_dir)
-    total = len(points)
-    outcomes = []
     if dry_run:
+        total = len(points) + len(points.waiting)
         for i, (point, rid) in enumerate(points, 1):
             status = runs.record_status(runs_dir, rid) or "new"
             action = "skip" if status == "complete" and not force else "run"
             log(f"[{i}/{total}] {rid} ... {action} (record: {status})  {point}")
-        return outcomes
+        for i, w in enumerate(points.waiting, len(points) + 1):
+            log(f"[{i}/{total}] (no run id yet) ... wait ({w.reason})  {w.point}")
+        return []
     runs.check_writable(runs_dir)
     for path in runs.clean_leftovers(runs_dir):
         log(f"removed a leftover of a killed process: {path}")
 
+    outcomes: list[Outcome] = []
+    tried: set[str] = set()
+    while True:
+        todo = [(point, rid) for point, rid in points if rid not in tried]
+        if not todo:
+            break
+        first, total = len(tried) + 1, len(tried) + len(todo) + len(points.waiting)
+        tried.update(rid for _, rid in todo)
+        outcomes += _run_points(paths, todo, first, total, runs_dir, notebook, force, timeout, jobs, executor,
+                                slurm or {}, log)
+        if not points.waiting:
+            break
+        points = plan(paths, notebook, runs_dir)      # sweep points done here may have chosen a waiting point's lr
+        ready = sum(rid not in tried for _, rid in points)
+        if ready:
+            log(f"planned again: {ready} point(s) whose lr was chosen on dev can run now, "
+                f"{len(points.waiting)} still waiting")
+    total = len(outcomes) + len(points.waiting)
+    outcomes += [Outcome(i, "", "waiting", 0.0, w.reason) for i, w in enumerate(points.waiting, len(outcomes) + 1)]
+    failed = [o for o in outcomes if o.status == "failed"]
+    locked = [o for o in outcomes if o.status == "locked"]
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("complete", "skipped", "locked", "failed")}
+    if points.waiting:
+        counts["waiting"] = len(points.waiting)
+    log("sweep done: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if locked:
+        log("running in another sweep (not done here):\n" + "\n".join(f"  {o.run_id}" for o in locked))
+    if failed:
+        log("FAILED runs:\n" + "\n".join(f"  [{o.index}/{total}] {o.run_id}: {o.reason}" for o in failed))
+    if points.waiting:
+        log("waiting for their lr (not failures: their sweep points have no record yet, run them and sweep "
+            "again):\n" + "\n".join(f"  {w.point} ({w.reason})" for w in points.waiting))
+    return outcomes
+
+
+def _run_points(paths, points: list[tuple[dict, str]], first: int, total: int, runs_dir: Path, notebook: Path,
+                force: bool, timeout, jobs: int, executor: str, slurm: dict, log) -> list[Outcome]:
+    """Run `points` (numbered from `first`, of `total`) here or on SLURM; their outcomes in order."""
     def one(item):
         i, (point, rid) = item
         if force or runs.record_status(runs_dir, rid) != "complete":
@@ -374,33 +627,28 @@ def sweep(paths: list[str | os.PathLike], runs_dir: str | os.PathLike = "runs", 
         return outcome
 
     if executor == "slurm":
-        outcomes = _on_slurm(paths, points, runs_dir, notebook, force, timeout, slurm or {}, log)
-    elif jobs == 1:
-        outcomes = [one(item) for item in enumerate(points, 1)]
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-        saved = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or jobs) // jobs))  # the kernels inherit it
-        try:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:  # each point is a papermill kernel process
-                outcomes = list(pool.map(one, enumerate(points, 1)))
-        finally:
-            if saved is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = saved
-    failed = [o for o in outcomes if o.status == "failed"]
-    locked = [o for o in outcomes if o.status == "locked"]
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("complete", "skipped", "locked", "failed")}
-    log("sweep done: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    if locked:
-        log("running in another sweep (not done here):\n" + "\n".join(f"  {o.run_id}" for o in locked))
-    if failed:
-        log("FAILED runs:\n" + "\n".join(f"  [{o.index}/{total}] {o.run_id}: {o.reason}" for o in failed))
-    return outcomes
+        return _on_slurm(paths, points, runs_dir, notebook, force, timeout, slurm, log, first, total)
+    if jobs == 1:
+        return [one(item) for item in enumerate(points, first)]
+    from concurrent.futures import ThreadPoolExecutor
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or jobs) // jobs))  # the kernels inherit it
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # each point is a papermill kernel process
+            return list(pool.map(one, enumerate(points, first)))
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
 
 
 EXECUTORS = ("local", "slurm")
+
+
+def _lists(listed: dict, point: dict) -> bool:
+    """Whether a grid file's point `listed` is the planned `point` (whose lr may have been chosen on dev)."""
+    return listed == point or (isinstance(listed.get("lr"), dict) and {**listed, "lr": point.get("lr")} == point)
 
 
 class _SlurmPoint:
@@ -416,7 +664,7 @@ class _SlurmPoint:
 
 
 def _on_slurm(paths, points, runs_dir: Path, notebook: Path, force: bool, timeout, overrides: dict,
-              log) -> list[Outcome]:
+              log, first: int = 1, total: int | None = None) -> list[Outcome]:
     """Submit the points to run as SLURM job arrays (one per grid file, with its resources); wait for them."""
     try:
         import submitit
@@ -425,15 +673,15 @@ def _on_slurm(paths, points, runs_dir: Path, notebook: Path, force: bool, timeou
     unknown = sorted(set(overrides) - set(SLURM_KEYS))
     if unknown:
         raise GridError(f"unknown slurm resource(s) {unknown}; valid: {', '.join(SLURM_KEYS)}")
-    total = len(points)
-    index = {rid: i for i, (_, rid) in enumerate(points, 1)}
+    total = len(points) if total is None else total
+    index = {rid: i for i, (_, rid) in enumerate(points, first)}
     outcomes: dict[str, Outcome] = {}
     # (resources, [(point, rid)]) per grid file: a point goes with the first file that lists it (as in `plan`),
-    # matched by its parameters, so nothing is resolved twice.
+    # matched by its parameters (a point whose lr was chosen on dev: by the others), so nothing is resolved twice.
     files = [(path, read_grid(path)) for path in grid_files(paths)]
     arrays = [({**slurm_resources(path), **overrides}, []) for path, _ in files]
     for point, rid in points:
-        owner = next(i for i, (_, listed) in enumerate(files) if point in listed)
+        owner = next(i for i, (_, listed) in enumerate(files) if any(_lists(p, point) for p in listed))
         arrays[owner][1].append((point, rid))
     for resources, group in arrays:
         todo = []

@@ -34,8 +34,8 @@ from petl.report.prose import (METRIC_LABELS, backbone, below, best, compare, co
                                versus)
 from petl.report.reference import reference_agreement
 from petl.report.selection import (KEY_COLUMNS, ROOT, GridRuns, baseline, baseline_records, book_runs,
-                                   describe_points, grid_points, grid_runs, label_of, pick, ran_on, records,
-                                   runs_dir, scale_of, select, size_of, summarize)
+                                   describe_points, grid_points, grid_runs, label_of, lr_choice, pick, ran_on,
+                                   records, runs_dir, scale_of, select, size_of, summarize)
 from petl.report.verdict import (claim_verdict, claims, paired_difference, verdict_caption, verdict_summary,
                                  verdict_table)
 

@@ -13,10 +13,14 @@ import math
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from petl.runs import load_runs
+
+if TYPE_CHECKING:
+    from petl import sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,14 +137,34 @@ def grid_path(grid: str | os.PathLike) -> Path:
     return path if path.is_absolute() else ROOT / path
 
 
-def grid_points(grid: str | os.PathLike) -> list[tuple[dict, str]]:
-    """[(point, run id)] of one grid file, as `python -m petl sweep` would run them (petl.sweep.plan)."""
+def grid_points(grid: str | os.PathLike, directory: str | os.PathLike | None = None) -> sweep.Plan:
+    """[(point, run id)] of one grid file, as `python -m petl sweep` would run them (petl.sweep.plan), and in
+    ``.waiting`` its points whose lr is still to be chosen on dev (from the records of `directory`, default
+    $PETL_RUNS_DIR or runs/)."""
     from petl import sweep
     path = grid_path(grid)
-    key = (str(path), path.stat().st_mtime_ns)
-    if key not in _PLANS:
-        _PLANS[key] = sweep.plan([path])
-    return _PLANS[key]
+    directory = Path(directory or runs_dir()).resolve()
+    key = (str(path), path.stat().st_mtime_ns, str(directory))
+    cached = _PLANS.get(key)
+    if cached is None or cached[1] != _depends(cached[0], directory):
+        found = sweep.plan([path], runs_dir=directory)
+        _PLANS[key] = (found, _depends(found, directory))
+    return _PLANS[key][0]
+
+
+def _mtime(path: Path):
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _depends(found, directory: Path) -> tuple:
+    """What a plan read besides its grid file: the sweep grids of its lr chosen on dev, and then the runs folder
+    (a new record changes its mtime); nothing for an ordinary grid."""
+    if not found.sources:
+        return ()
+    return (*((str(p), _mtime(p)) for p in found.sources), (str(directory), _mtime(directory)))
 
 
 def _flat(point: dict, prefix: str = "") -> dict:
@@ -174,14 +198,23 @@ def _matches(point: dict, where) -> bool:
 @dataclasses.dataclass
 class GridRuns:
     """The records of some grid points: `runs` holds one row per point with a complete record (a DataFrame as
-    `petl.runs.load_runs` returns, plus size / scale / label), `planned` every (grid, point, run id) asked for."""
+    `petl.runs.load_runs` returns, plus size / scale / label), `planned` every (grid, point, run id) asked for; a
+    point whose lr is still to be chosen on dev has no run id yet, and its `petl.sweep.Waiting` stands in its place
+    (counted as missing, described as such by `pending`)."""
     runs: pd.DataFrame
-    planned: list[tuple[str, dict, str]]
+    planned: list[tuple[str, dict, str | sweep.Waiting]]
 
     @property
     def missing(self) -> list[tuple[str, dict, str]]:
+        """The planned entries without a complete record, waiting points among them."""
         have = set(self.runs["run_id"]) if not self.runs.empty else set()
         return [entry for entry in self.planned if entry[2] not in have]
+
+    @property
+    def waiting(self) -> list[tuple[str, dict, sweep.Waiting]]:
+        """The planned entries whose lr is chosen on dev and not chosen yet: a `petl.sweep.Waiting` holds the place
+        of their run id."""
+        return [entry for entry in self.planned if not isinstance(entry[2], str)]
 
     @property
     def grids(self) -> list[str]:
@@ -192,9 +225,20 @@ class GridRuns:
         total, missing = len(self.planned), self.missing
         if not missing:
             return f"all {total} points have a record"
-        varying = _varying([point for _, point, _ in self.planned])
-        return (f"{len(missing)} of {total} points have no record yet: "
-                f"{describe_points([point for _, point, _ in missing], varying)}")
+        varying = _varying([_described(point) for _, point, _ in self.planned])
+        parts = [describe_points([point for _, point, rid in missing if isinstance(rid, str)], varying)]
+        groups: dict = {}
+        for _, point, wait in self.waiting:
+            groups.setdefault((str(wait.sweep_grid), wait.have, wait.total), []).append(_described(point))
+        for (_, have, of), points in groups.items():
+            parts.append(f"{describe_points(points, varying)} (lr not chosen yet: {have} of {of} sweep points "
+                         f"have a record)")
+        return f"{len(missing)} of {total} points have no record yet: {'; '.join(p for p in parts if p)}"
+
+
+def _described(point: dict) -> dict:
+    """A point as `pending` names it: without an lr that is not chosen yet (a best_on_dev mapping)."""
+    return {k: v for k, v in point.items() if not (k == "lr" and isinstance(v, dict))}
 
 
 def _varying(points: list[dict]) -> set[str]:
@@ -237,17 +281,31 @@ def grid_runs(*grids, where=None, directory: str | os.PathLike | None = None) ->
             items.append(g if isinstance(g, tuple) else (g, where))
     planned, seen = [], set()
     for grid, where in items:
-        for point, rid in grid_points(grid):
+        found = grid_points(grid, directory)
+        for point, rid in found:
             if rid not in seen and _matches(point, where):
                 seen.add(rid)
                 planned.append((str(grid), point, rid))
+        for wait in found.waiting:                     # no run id yet: the Waiting holds its place
+            key = (str(wait.sweep_grid), repr(sorted(wait.point.items(), key=repr)))
+            if key not in seen and _matches(wait.point, where):
+                seen.add(key)
+                planned.append((str(grid), wait.point, wait))
     df = records(directory)
     if df.empty:
         return GridRuns(df, planned)
-    order = {rid: i for i, (_, _, rid) in enumerate(planned)}
+    order = {rid: i for i, (_, _, rid) in enumerate(planned) if isinstance(rid, str)}
     found = df[df["run_id"].isin(order)]
     found = found.assign(_order=found["run_id"].map(order)).sort_values("_order").drop(columns="_order")
     return GridRuns(found.reset_index(drop=True), planned)
+
+
+def lr_choice(point: dict, grid: str | os.PathLike, directory: str | os.PathLike | None = None):
+    """The lr a point gets from the sweep grid `grid` (from the repository root) on the dev records of `directory`
+    (default $PETL_RUNS_DIR or runs/): petl.sweep.lr_choice, whose ``table`` lists every candidate lr with its
+    seeds' dev scores, n, mean, status and which was chosen."""
+    from petl import sweep
+    return sweep.lr_choice(point, grid_path(grid), Path(directory or runs_dir()))
 
 
 def select(df: pd.DataFrame, **where) -> pd.DataFrame:
