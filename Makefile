@@ -54,4 +54,9 @@ $(PY):
 
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --no-compile -c constraints.txt -e ".[train,book,test,bench,lab,cluster]"
+	@# Byte-compile the environment once (about a minute on 2 cores): where PYTHONDONTWRITEBYTECODE is set, as on
+	@# this project's machines, no process writes its .pyc, so every interpreter (each pytest worker, papermill
+	@# kernel and subprocess) compiled torch's, transformers' and peft's sources again, 10-15 s each. A cache only:
+	@# a file that does not compile (torch ships a few for newer Pythons, never imported) fails as it would have.
+	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true
 	touch $@
