@@ -58,23 +58,26 @@ def _grid(tmp_path: Path) -> str:
     return str(grid)
 
 
+def _write(runs: Path, rid: str, variant: str, seed: int, dev: float, test: float) -> None:
+    """A complete record under `rid` from the committed template of `variant`, with these accuracies."""
+    config = json.loads((TEMPLATES[variant] / "config.json").read_text())
+    metrics = json.loads((TEMPLATES[variant] / "metrics.json").read_text())
+    config.update(run_id=rid)
+    config["train"]["seed"] = seed
+    metrics.update(dev={"accuracy": dev}, test={"accuracy": test})
+    (runs / rid).mkdir(parents=True)
+    (runs / rid / "config.json").write_text(json.dumps(config))
+    (runs / rid / "metrics.json").write_text(json.dumps(metrics))
+
+
 def _records(tmp_path: Path, grid: str, scores: dict) -> Path:
-    """Records of the grid's points from committed templates, with dev / test accuracy from `scores`
-    (variant -> [(dev, test) per seed]), and the majority baseline."""
+    """Records of the grid's points, with dev / test accuracy from `scores` (variant -> [(dev, test) per seed]),
+    and the majority baseline."""
     runs = tmp_path / "runs"
     for point, rid in sweep.plan([grid]):
         values = scores.get(point["variant"])
-        if values is None:
-            continue
-        dev, test = values[point["seed"]]
-        config = json.loads((TEMPLATES[point["variant"]] / "config.json").read_text())
-        metrics = json.loads((TEMPLATES[point["variant"]] / "metrics.json").read_text())
-        config.update(run_id=rid)
-        config["train"]["seed"] = point["seed"]
-        metrics.update(dev={"accuracy": dev}, test={"accuracy": test})
-        (runs / rid).mkdir(parents=True)
-        (runs / rid / "config.json").write_text(json.dumps(config))
-        (runs / rid / "metrics.json").write_text(json.dumps(metrics))
+        if values is not None:
+            _write(runs, rid, point["variant"], point["seed"], *values[point["seed"]])
     (runs / "baselines").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "runs" / "baselines" / "rt-polarity-majority.json", runs / "baselines")
     return runs
@@ -124,7 +127,7 @@ def test_missing_points_leave_the_comparison_pending(tmp_path):
     grid = _grid(tmp_path)
     runs = _records(tmp_path, grid, {"lora": LEARNED["lora"]})
     row = verdict.verdict_table("CX", _claims(tmp_path, grid), directory=runs).iloc[0]
-    assert row["verdict"] == "pending: 3 of 6 points have no record yet: full seeds 0, 1, 2"
+    assert row["verdict"] == "pending: 3 of 6 points have a record"
     summary = verdict.verdict_summary(_claims(tmp_path, grid), directory=runs)
     assert summary.iloc[0]["verdict"] == "not decided (1 pending)"
 
@@ -154,7 +157,58 @@ def test_the_books_protocol_names_real_paper_rows_and_arms():
         assert (ROOT / "book" / f"{claim['chapter']}.ipynb").exists(), cid
         for comp in claim["comparisons"]:
             verdict._paper(comp)                                  # raises when a row is missing
-            variants = {p.get("variant") for g in comp["grids"] for p in sweep.read_grid(ROOT / g)}
+            points = [p for g in comp["grids"] for p in sweep.read_grid(ROOT / g)]
             for side in ("a", "b"):
                 which = comp[side] if isinstance(comp[side], str) else comp[side]["variant"]
-                assert which in variants, (cid, comp["what"], side)
+                settings = {json.dumps(p.get("overrides") or {}, sort_keys=True) for p in points
+                            if p["variant"] == which}
+                assert settings, (cid, comp["what"], side, "no point of this variant")
+                # a bare variant must name one setting of its grids (else its records hold two methods)
+                assert isinstance(comp[side], dict) or len(settings) == 1, (cid, comp["what"], side, settings)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The learning-rate appendix and the protocol's cost
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_the_learning_rate_tables_show_each_candidate_and_the_choice(tmp_path):
+    from petl import report
+    base = "task: rt-polarity, model: minilm, max_steps: 100, eval_every: 50, bf16: false, variant: lora"
+    (tmp_path / "lr.yaml").write_text(f"fixed: {{{base}, seed: 0}}\ngrid:\n  lr: [1.0e-4, 1.0e-3, 1.0e-2]\n")
+    seeds = tmp_path / "seeds.yaml"
+    seeds.write_text(f"fixed: {{{base}, lr: {{best_on_dev: lr.yaml}}}}\ngrid:\n  seed: [0, 1]\n")
+    runs = tmp_path / "runs"
+    for (point, rid), dev in zip(sweep.plan([tmp_path / "lr.yaml"]), (70.0, 80.0)):   # 1e-2: no record yet
+        _write(runs, rid, "lora", 0, dev, dev)
+    waiting = report.chosen_rates(report.lr_sweeps(str(seeds), directory=runs)).iloc[0]
+    assert (waiting["with a record"], waiting["chosen on dev"]) == ("2 of 3", "")
+    _write(runs, sweep.plan([tmp_path / "lr.yaml"])[2][1], "lora", 0, 75.0, 75.0)
+    sweeps = report.lr_sweeps(str(seeds), directory=runs)
+    assert list(sweeps["dev"]) == [70.0, 80.0, 75.0] and list(sweeps["chosen"]) == [False, True, False]
+    row = report.chosen_rates(sweeps).iloc[0]
+    assert (row["method"], row["rates tried"], row["chosen on dev"]) == ("lora", "0.0001, 0.001, 0.01", "0.001")
+    assert row["paper (Table 8)"] == "0.0001"                   # GLUE's rate: rt-polarity stands in for SST-2
+
+
+def test_the_protocol_cost_counts_a_stage_2_seed_0_once(tmp_path):
+    from petl.report import cost
+    protocol = tmp_path / "protocol"
+    protocol.mkdir()
+    base = "task: rt-polarity, model: minilm, max_steps: 100, eval_every: 50, bf16: false, variant: lora"
+    (protocol / "a_lr.yaml").write_text(f"fixed: {{{base}, seed: 0}}\ngrid:\n  lr: [1.0e-4, 1.0e-3]\n")
+    (protocol / "a.yaml").write_text(f"fixed: {{{base}, lr: {{best_on_dev: a_lr.yaml}}}}\ngrid:\n"
+                                     "  seed: [0, 1, 2]\n")
+    runs = tmp_path / "runs"
+    _write(runs, sweep.plan([protocol / "a_lr.yaml"])[0][1], "lora", 0, 70.0, 70.0)
+    table = cost.protocol_cost(protocol, runs).set_index("grid")
+    assert (table.loc["a.yaml", "points"], table.loc["a_lr.yaml", "points"]) == (2, 2)
+    assert table.loc["a_lr.yaml", "with a record"] == 1
+    assert table.loc["the whole protocol", "points"] == 4
+    # the one record (the template: a 100-step LoRA run on the H200) prices each point left on the GPU
+    template = json.loads((TEMPLATES["lora"] / "config.json").read_text())
+    assert template["device"]["gpu"], "the template is a GPU record"
+    per_point = json.loads((TEMPLATES["lora"] / "metrics.json").read_text())["wall_time_s"]
+    assert float(table.loc["a_lr.yaml", "GPU minutes left"]) == pytest.approx(per_point / 60, abs=0.05)
+    assert float(table.loc["a.yaml", "GPU minutes left"]) == pytest.approx(2 * per_point / 60, abs=0.05)
+    assert table.loc["a.yaml", "CPU hours left"] == ""        # no CPU record of the task in this runs folder
+    assert table.loc["the whole protocol", "CPU hours left"] == "0.0 + grids without an estimate"

@@ -12,6 +12,7 @@ and the sentences glued into their prose. The book never trains.
     reference   the record of the agreement with the paper's reference code
     accounting  the paper's % column against petl's count, for every counted row of presets.csv
     provenance  the commits, environments and devices behind each chapter
+    learning_rates  the protocol's learning-rate sweeps: each method's candidates, the rate chosen on dev
     verdict     the protocol's verdicts on the paper's claims (book/claims.yaml): paired differences with intervals
 
 Imports go one way: report -> petl.runs (and petl.sweep.plan); nothing in petl.runs, petl.sweep or petl.train
@@ -22,10 +23,11 @@ from petl.report import accounting, provenance
 from petl.report.benchmarks import (MIN_ROUNDS_FOR_INTERVAL, benchmark_counted, benchmark_figure,
                                     benchmark_parity, benchmark_records, benchmark_tables, benchmark_verdict,
                                     has_intervals, houlsby_traffic, mam_memory, record_name, records_named)
-from petl.report.cost import cpu_timing_summary, grid_cost_on_cpu
+from petl.report.cost import cpu_timing_summary, grid_cost_on_cpu, protocol_cost
 from petl.report.display import show, table_html
 from petl.report.generation import (GENERATION_TABLES, compare_generation, generation_setting, generation_table,
                                     generation_vs_lead)
+from petl.report.learning_rates import chosen_rates, lr_figure, lr_sweeps, paper_lr
 from petl.report.paper import (PAPER_CSV, PRESETS_CSV, paper_curves, paper_gap, paper_number, paper_results,
                                paper_row, paper_value, presets, side_by_side, table_name)
 from petl.report.plots import budget_plot, curves_plot, errorbar_plot, glue_figure, pareto_plot

@@ -70,3 +70,50 @@ def cpu_timing_summary(timing_dir: str | os.PathLike | None = None) -> pd.DataFr
     return df[[c for c in columns if c in df]].sort_values(["task", "variant"]).reset_index(drop=True)
 
 
+
+
+def protocol_cost(protocol_dir: str | os.PathLike | None = None, directory: str | os.PathLike | None = None
+                  ) -> pd.DataFrame:
+    """What the protocol's grids (book/protocol) still need, per grid file: the points to run (a stage-2 grid's
+    seed 0 is its stage-1 sweep's run, so it is not counted again), how many have a record, and an estimate of the
+    rest's time on the GPU and on 2 CPU cores, run one after another. Each estimate is the median wall time of the
+    records of the same task and model on that device, scaled by steps (grid's max_steps / the records'): a rough
+    guide, since dev and test decoding do not scale with steps; '' where no record of the task ran there."""
+    from petl.report.selection import grid_runs
+    from petl.sweep import grid_files, read_grid
+    protocol_dir = Path(protocol_dir or ROOT / "book" / "protocol")
+    runs = load_runs(Path(directory or runs_dir()))
+    rows = []
+    for path in grid_files([protocol_dir]):
+        points = read_grid(path)
+        stage2 = any(isinstance(p.get("lr"), dict) for p in points)
+        counted = [p for p in points if not (stage2 and p.get("seed") == 0)]
+        sel = grid_runs(str(path), directory=directory)
+        done = {rid for rid in sel.runs["run_id"]} if not sel.runs.empty else set()
+        have = sum(1 for _, point, rid in sel.planned if isinstance(rid, str) and rid in done
+                   and not (stage2 and point.get("seed") == 0))
+        todo = len(counted) - have
+        row = {"grid": path.name, "points": len(counted), "with a record": have}
+        for device, label, unit in (("gpu", "GPU minutes left", 60), ("cpu", "CPU hours left", 3600)):
+            seconds = _seconds_per_point(runs, points[0], device)
+            row[label] = "" if seconds is None else f"{todo * seconds / unit:.1f}"
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    total = {"grid": "the whole protocol", "points": frame["points"].sum(), "with a record": frame["with a record"].sum()}
+    for label in ("GPU minutes left", "CPU hours left"):
+        known = [float(v) for v in frame[label] if v != ""]
+        total[label] = f"{sum(known):.1f}" + (" + grids without an estimate" if len(known) < len(frame) else "")
+    return pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
+
+
+def _seconds_per_point(runs: pd.DataFrame, point: dict, device: str) -> float | None:
+    """The median wall time of the records of the point's task and model on `device` ('gpu' or 'cpu'), scaled
+    from their steps to the point's max_steps; None without such records."""
+    if runs.empty:
+        return None
+    gpu = runs["device.gpu"].fillna("").astype(str) != "" if "device.gpu" in runs else pd.Series(False, runs.index)
+    same = runs[(runs["task"] == point["task"]) & (runs["model"] == point["model"]) & (gpu if device == "gpu" else ~gpu)]
+    if same.empty:
+        return None
+    per_step = (same["wall_time_s"] / same["max_steps"]).median()
+    return per_step * point.get("max_steps", same["max_steps"].median())

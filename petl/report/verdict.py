@@ -237,10 +237,11 @@ def _paper(comp: dict) -> str:
 def compare(comp: dict, directory=None) -> dict:
     """One row of a verdict table (see the module docstring)."""
     splits = comp.get("splits", ["test"])
-    sel = grid_runs(*comp["grids"], directory=directory)
+    variants = [side if isinstance(side, str) else side["variant"] for side in (comp["a"], comp["b"])]
+    sel = grid_runs(*comp["grids"], where=variants, directory=directory)       # the two arms' points only
     row = {"comparison": comp["what"], "paper": _paper(comp)}
     if sel.runs.empty:
-        return {**row, "ours": "", "n": 0, "budget": "", "verdict": f"pending: {sel.pending()}"}
+        return {**row, "ours": "", "n": 0, "budget": "", "verdict": _pending(sel)}
     out = []
     for split in splits:
         column = f"{split}.{comp['metric']}"
@@ -248,6 +249,22 @@ def compare(comp: dict, directory=None) -> dict:
         name = f"{comp['what']} ({split})" if len(splits) > 1 else comp["what"]
         out.append({**row, "comparison": name, **_verdict(comp, a, b, sel)})
     return out[0] if len(out) == 1 else out
+
+
+def _pending(sel) -> str:
+    """'pending: 2 of 6 points have a record; learning rates not chosen yet (xsum_lr.yaml: 3 of 8 sweep points
+    have a record)': the arms' grid points, and the stage-1 sweeps their learning rates wait for."""
+    have = len(sel.planned) - len(sel.missing)
+    text = f"pending: {have} of {len(sel.planned)} points have a record"
+    methods = {(Path(wait.sweep_grid).name, repr(sorted((k, v) for k, v in point.items() if k not in ("seed", "lr")))):
+               (wait.have, wait.total) for _, point, wait in sel.waiting}        # one entry per method and sweep
+    sweeps: dict[str, tuple[int, int]] = {}
+    for (name, _), (h, t) in methods.items():
+        sweeps[name] = (sweeps.get(name, (0, 0))[0] + h, sweeps.get(name, (0, 0))[1] + t)
+    if sweeps:
+        text += "; learning rates not chosen yet (" + ", ".join(
+            f"{name}: {h} of {t} sweep points have a record" for name, (h, t) in sweeps.items()) + ")"
+    return text
 
 
 def _budget(a: Arm, b: Arm) -> str:
@@ -262,7 +279,7 @@ def _budget(a: Arm, b: Arm) -> str:
 
 def _verdict(comp: dict, a: Arm | None, b: Arm | None, sel) -> dict:
     if a is None or b is None or sel.missing:
-        return {"ours": "", "n": 0, "budget": "", "verdict": f"pending: {sel.pending()}"}
+        return {"ours": "", "n": 0, "budget": "", "verdict": _pending(sel)}
     budget = _budget(a, b)
     for side in (a, b):
         if side.failed:
