@@ -65,7 +65,7 @@ _NOT_HASHED = ("runs_dir", "force", "progress", "weights_dir", "gradient_checkpo
 #: TrainConfig fields added after the first records, with their defaults: such a field enters the hash only when
 #: set away from its default, so adding one leaves every existing run id as it was (petl.config.LATER_FIELDS is
 #: the same rule for PETLConfig fields).
-LATER_TRAIN_FIELDS: dict = {}
+LATER_TRAIN_FIELDS: dict = {"eval_num_beams": None}
 
 
 class RecordError(ValueError):

@@ -219,7 +219,8 @@ def _run(run: ResolvedRun, runs_dir: Path) -> RunRecord:
 
             # ---- periodic dev evaluation and model selection on the primary dev metric -------------
             if step % eval_every == 0 or step == max_steps:
-                dev = evaluate(model, eval_loaders["validation"], spec, family, cfg, accelerator, tokenizer)
+                dev = evaluate(model, eval_loaders["validation"], spec, family, cfg, accelerator, tokenizer,
+                               num_beams=cfg.eval_num_beams)
                 row.update({f"dev_{k}": v for k, v in dev.items()})
                 if dev[primary] > best["score"]:
                     best = {"score": dev[primary], "step": step, "state": _trainable_state(model), "dev": dev}
@@ -285,7 +286,7 @@ def _finish(accelerator, runs_dir, run: ResolvedRun, metrics, history, save=None
 # Evaluation
 # --------------------------------------------------------------------------------------------------
 
-def evaluate(model, loader, spec, family, cfg, accelerator, tokenizer) -> dict:
+def evaluate(model, loader, spec, family, cfg, accelerator, tokenizer, num_beams: int | None = None) -> dict:
     """Metrics of the model on one split: classification by argmax of the logits; generation by
     ``model.generate`` with the run's beams / lengths / no-repeat n-gram size, then the task's metric."""
     import torch
@@ -304,7 +305,7 @@ def evaluate(model, loader, spec, family, cfg, accelerator, tokenizer) -> dict:
                 refs += labels.tolist()
             else:
                 references = batch.pop("references")
-                out = accelerator.unwrap_model(model).generate(**batch, **generate_kwargs(cfg, family),
+                out = accelerator.unwrap_model(model).generate(**batch, **generate_kwargs(cfg, family, num_beams),
                                                                do_sample=False)
                 text = D.decode_generations(out, batch["input_ids"], tokenizer, family)
                 preds += accelerator.gather_for_metrics(text)
@@ -315,9 +316,10 @@ def evaluate(model, loader, spec, family, cfg, accelerator, tokenizer) -> dict:
     return M.compute_metrics(spec, preds, refs)
 
 
-def generate_kwargs(cfg: TrainConfig, family: str) -> dict:
-    """model.generate arguments from the resolved config (lengths count target tokens, as the paper)."""
-    out = {"num_beams": cfg.num_beams, "no_repeat_ngram_size": cfg.no_repeat_ngram_size or 0}
+def generate_kwargs(cfg: TrainConfig, family: str, num_beams: int | None = None) -> dict:
+    """model.generate arguments from the resolved config (lengths count target tokens, as the paper); `num_beams`
+    replaces the config's (the dev evaluations' eval_num_beams)."""
+    out = {"num_beams": num_beams or cfg.num_beams, "no_repeat_ngram_size": cfg.no_repeat_ngram_size or 0}
     if family == "decoder":
         out.update(max_new_tokens=cfg.gen_max_length, min_new_tokens=cfg.gen_min_length or None)
     else:

@@ -83,6 +83,7 @@ class TrainConfig:
     max_source_length: int | None = None  # max input tokens (classification: the whole example)
     max_target_length: int | None = None
     num_beams: int | None = None
+    eval_num_beams: int | None = None    # beams of the dev evaluations (model selection); None: num_beams
     gen_min_length: int | None = None
     gen_max_length: int | None = None    # new tokens generated at most
     no_repeat_ngram_size: int | None = None
@@ -103,7 +104,7 @@ class TrainConfig:
         if self.max_steps is not None and self.epochs is not None:
             raise ValueError(f"set max_steps ({self.max_steps}) or epochs ({self.epochs}), not both")
         for name in ("max_steps", "batch_size", "eval_every", "eval_batch_size", "max_train_examples",
-                     "max_eval_examples", "max_test_examples", "grad_accum", "num_beams",
+                     "max_eval_examples", "max_test_examples", "grad_accum", "num_beams", "eval_num_beams",
                      "max_source_length", "max_target_length", "gen_max_length", "checkpoint_every"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):

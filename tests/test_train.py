@@ -191,6 +191,35 @@ def test_generation_run_with_a_decoder_scores_rouge_on_generated_text(tiny_dir, 
         assert m["test"][key] == pytest.approx(100 * sum(s[key].fmeasure for s in per_example) / 4, abs=1e-9)
 
 
+def test_dev_evaluations_decode_with_eval_num_beams_and_the_test_with_num_beams(tiny_dir, tmp_path, monkeypatch):
+    """eval_num_beams (greedy model selection, the protocol's cheap dev decoding) reaches only the dev evaluations;
+    left at None it is num_beams everywhere and leaves the run id as it was."""
+    import datasets
+    from transformers import GenerationMixin
+
+    from petl import tasks
+    from petl.train_config import resolve_run
+
+    raw = datasets.DatasetDict({split: datasets.Dataset.from_dict(_summaries(n, seed)) for seed, (split, n) in
+                                enumerate({"train": 8, "validation": 2, "test": 2, "test_xsum": 2}.items())})
+    monkeypatch.setattr(tasks, "load_task", lambda name, **kw: raw)
+    beams = []
+    real_generate = GenerationMixin.generate
+    monkeypatch.setattr(GenerationMixin, "generate",
+                        lambda self, *a, **kw: beams.append(kw["num_beams"]) or real_generate(self, *a, **kw))
+    common = dict(variant="lora", task="bbc-xsum", model=tiny_dir("llama"), max_steps=2, eval_every=1, batch_size=4,
+                  max_source_length=32, max_target_length=8, gen_max_length=3, gen_min_length=1, num_beams=2, lr=1e-3,
+                  overrides={"attn_bn": 4}, progress=False)
+    cfg = TrainConfig(**common, eval_num_beams=1)
+    record = train(cfg, runs_dir=tmp_path / "runs")
+    assert record.status == "complete", record.metrics.get("reason")
+    assert beams == [1, 1, 2, 2]                      # dev at steps 1 and 2 (one batch each), then test, test_xsum
+    default = resolve_run(TrainConfig(**common)).run_id
+    assert resolve_run(TrainConfig(**common, eval_num_beams=None)).run_id == default != record.run_id
+    with pytest.raises(ValueError, match="eval_num_beams must be a positive integer"):
+        TrainConfig(**common, eval_num_beams=0).validate()
+
+
 # ---- killed at every phase -------------------------------------------------------------------------------
 
 def _start(tiny, runs_dir, phase, flag, **kw):
