@@ -56,7 +56,7 @@ before=$(ls "$work/runs")
 PYTHONUNBUFFERED=1 timeout -k 10 "$LIMIT_S" "$PY" -m petl sweep "$@" --runs-dir "$work/runs" --jobs "$WORKERS" \
   > "$work/sweep.log" 2>&1
 echo "sweep exit status $? (124: stopped at LIMIT_S=$LIMIT_S)" >> "$LOG"
-grep -E '^\[|^sweep done|FAILED|^  ' "$work/sweep.log" | tail -80 >> "$LOG"
+grep -E '^\[|^sweep done|FAILED|^planned again|^waiting for their lr|^  ' "$work/sweep.log" | tail -120 >> "$LOG"
 new=$(comm -13 <(echo "$before") <(ls "$work/runs"))
 echo "new records: $(echo $new | wc -w)" | tee -a "$LOG"
 [ -n "$new" ] && tar -C "$work/runs" --exclude="*/weights" -czf "$OUT/new-runs.tgz" $new   # weights stay there
