@@ -33,7 +33,7 @@ def test_a_train_field_added_later_at_its_default_keeps_every_run_id(monkeypatch
     resolved = resolve_run(TrainConfig(variant="lora")).record_config()
     with_new = dict(resolved, train={**resolved["train"], "new_field": "off"})
     assert runs.run_id(with_new) != resolved["run_id"]                          # unknown to the policy: hashed
-    monkeypatch.setattr(runs, "LATER_TRAIN_FIELDS", {"new_field": "off"})
+    monkeypatch.setattr(runs, "LATER_TRAIN_FIELDS", {**runs.LATER_TRAIN_FIELDS, "new_field": "off"})
     assert runs.run_id(with_new) == resolved["run_id"]                          # at its default: not hashed
     assert runs.run_id(dict(resolved, train={**resolved["train"], "new_field": "on"})) != resolved["run_id"]
 
