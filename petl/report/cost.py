@@ -74,8 +74,8 @@ def cpu_timing_summary(timing_dir: str | os.PathLike | None = None) -> pd.DataFr
 
 def protocol_cost(protocol_dir: str | os.PathLike | None = None, directory: str | os.PathLike | None = None
                   ) -> pd.DataFrame:
-    """What the protocol's grids (book/protocol) still need, per grid file: the points to run (a stage-2 grid's
-    seed 0 is its stage-1 sweep's run, so it is not counted again), how many have a record, and an estimate of the
+    """What the protocol's grids (book/protocol) still need, per grid file: the points to run (a stage-2 point that
+    is one of its stage-1 sweep's points, as seed 0 at the paper's size, is not counted again), how many have a record, and an estimate of the
     rest's time on the GPU and on 2 CPU cores, run one after another. Each estimate is the median wall time of the
     records of the same task and model on that device, scaled by steps (grid's max_steps / the records'): a rough
     guide, since dev and test decoding do not scale with steps; '' where no record of the task ran there."""
@@ -86,12 +86,11 @@ def protocol_cost(protocol_dir: str | os.PathLike | None = None, directory: str 
     rows = []
     for path in grid_files([protocol_dir]):
         points = read_grid(path)
-        stage2 = any(isinstance(p.get("lr"), dict) for p in points)
-        counted = [p for p in points if not (stage2 and p.get("seed") == 0)]
+        counted = [p for p in points if not _is_sweep_run(p, path)]
         sel = grid_runs(str(path), directory=directory)
         done = {rid for rid in sel.runs["run_id"]} if not sel.runs.empty else set()
         have = sum(1 for _, point, rid in sel.planned if isinstance(rid, str) and rid in done
-                   and not (stage2 and point.get("seed") == 0))
+                   and not _is_sweep_run(point, path))
         todo = len(counted) - have
         row = {"grid": path.name, "points": len(counted), "with a record": have}
         for device, label, unit in (("gpu", "GPU minutes left", 60), ("cpu", "CPU hours left", 3600)):
@@ -104,6 +103,17 @@ def protocol_cost(protocol_dir: str | os.PathLike | None = None, directory: str 
         known = [float(v) for v in frame[label] if v != ""]
         total[label] = f"{sum(known):.1f}" + (" + grids without an estimate" if len(known) < len(frame) else "")
     return pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
+
+
+def _is_sweep_run(point: dict, grid: Path) -> bool:
+    """Whether a stage-2 point is one of its stage-1 sweep's runs: its lr is chosen on dev there and the sweep has
+    a point equal to it in everything but the lr (seed 0 at the paper's size, typically)."""
+    from petl.sweep import read_grid
+    lr = point.get("lr")
+    if not (isinstance(lr, dict) and "best_on_dev" in lr):
+        return False
+    rest = {k: v for k, v in point.items() if k != "lr"}
+    return any({k: v for k, v in p.items() if k != "lr"} == rest for p in read_grid(grid.parent / lr["best_on_dev"]))
 
 
 def _seconds_per_point(runs: pd.DataFrame, point: dict, device: str) -> float | None:
