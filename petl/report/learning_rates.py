@@ -80,4 +80,4 @@ def lr_figure(ax, sweeps: pd.DataFrame, task: str) -> None:
     ax.set_xlabel("learning rate")
     ax.set_ylabel(f"dev {part['metric'].iloc[0]}")
     ax.set_title(task)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="best")
