@@ -204,6 +204,9 @@ def test_the_protocol_cost_counts_a_stage_2_seed_0_once(tmp_path):
     assert (table.loc["a.yaml", "points"], table.loc["a_lr.yaml", "points"]) == (2, 2)
     assert table.loc["a_lr.yaml", "with a record"] == 1
     assert table.loc["the whole protocol", "points"] == 4
+    _write(runs, sweep.plan([protocol / "a_lr.yaml"])[1][1], "lora", 0, 80.0, 80.0)   # the sweep complete:
+    after = cost.protocol_cost(protocol, runs).set_index("grid")                       # seed 0 resolves to its
+    assert (after.loc["a_lr.yaml", "with a record"], after.loc["a.yaml", "with a record"]) == (2, 0)   # own run
     # the one record (the template: a 100-step LoRA run on the H200) prices each point left on the GPU
     template = json.loads((TEMPLATES["lora"] / "config.json").read_text())
     assert template["device"]["gpu"], "the template is a GPU record"

@@ -89,8 +89,9 @@ def protocol_cost(protocol_dir: str | os.PathLike | None = None, directory: str 
         counted = [p for p in points if not _is_sweep_run(p, path)]
         sel = grid_runs(str(path), directory=directory)
         done = {rid for rid in sel.runs["run_id"]} if not sel.runs.empty else set()
-        have = sum(1 for _, point, rid in sel.planned if isinstance(rid, str) and rid in done
-                   and not _is_sweep_run(point, path))
+        sweeps = {path.parent / p["lr"]["best_on_dev"] for p in points if isinstance(p.get("lr"), dict)}
+        in_sweeps = {rid for sweep in sweeps for _, _, rid in grid_runs(str(sweep), directory=directory).planned}
+        have = sum(1 for _, _, rid in sel.planned if isinstance(rid, str) and rid in done and rid not in in_sweeps)
         todo = len(counted) - have
         row = {"grid": path.name, "points": len(counted), "with a record": have}
         for device, label, unit in (("gpu", "GPU minutes left", 60), ("cpu", "CPU hours left", 3600)):
