@@ -53,6 +53,10 @@ CPU_BUDGETS: dict[tuple[str, str], dict] = {
 }
 
 BF16_CHOICES = ("auto", True, False)
+#: The caps on a split's examples, and the value that lifts one: None takes the budget's cap (the CPU budgets
+#: evaluate on part of dev), ALL every example of the split. In a resolved config None means no cap.
+EXAMPLE_CAPS = ("max_train_examples", "max_eval_examples", "max_test_examples")
+ALL = "all"
 
 
 @dataclass
@@ -69,9 +73,9 @@ class TrainConfig:
     overrides: dict | None = None        # PETLConfig fields on top of the variant's preset; None: budget default
     eval_every: int | None = None        # steps between dev evaluations (and always at the end)
     eval_batch_size: int | None = None
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None  # cap on dev examples used for evaluation / model selection
-    max_test_examples: int | None = None
+    max_train_examples: int | str | None = None  # caps on a split's examples; "all": no cap, whatever the budget
+    max_eval_examples: int | str | None = None   # dev examples used for evaluation / model selection
+    max_test_examples: int | str | None = None   # every test split (bbc-xsum's real XSum pairs too)
     bf16: Any = "auto"                   # 'auto': bf16 autocast on a GPU with bf16, fp32 on every CPU
     warmup: float | None = None          # warmup as a fraction of max_steps
     label_smoothing: float | None = None
@@ -107,8 +111,12 @@ class TrainConfig:
                      "max_eval_examples", "max_test_examples", "grad_accum", "num_beams", "eval_num_beams",
                      "max_source_length", "max_target_length", "gen_max_length", "checkpoint_every"):
             v = getattr(self, name)
+            if name in EXAMPLE_CAPS and v == ALL:
+                continue
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+                also = f", or {ALL!r} (every example)" if name in EXAMPLE_CAPS else ""
+                raise ValueError(f"{name} must be a positive integer or None (the budget's default){also}, "
+                                 f"got {v!r}")
         for name in ("epochs", "lr", "adam_eps"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, float)) or not v > 0):
@@ -124,7 +132,8 @@ class TrainConfig:
         return self
 
     def resolved(self) -> "TrainConfig":
-        """A copy with every None filled from the CPU budget table and the task's Table 8 defaults."""
+        """A copy with every None filled from the CPU budget table and the task's Table 8 defaults; an example cap
+        of "all" becomes None (no cap)."""
         self.validate()
         spec = task_spec(self.task)
         values = dataclasses.asdict(self)
@@ -157,6 +166,9 @@ class TrainConfig:
                 values["max_steps"] = t8.paper_steps
             else:
                 values["epochs"] = t8.paper_epochs or 1
+        for key in EXAMPLE_CAPS:                 # resolved, None is no cap: "all" has outranked the budget's cap
+            if values[key] == ALL:
+                values[key] = None
         values["adam_betas"] = tuple(values["adam_betas"])
         values["bf16"] = use_bf16(values["bf16"])
         return TrainConfig(**values)._check_values()   # names checked above; values filled in

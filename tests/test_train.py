@@ -37,6 +37,8 @@ def _cfg(tiny, **kw):
     ("model", "not/a model", r"unknown model 'not/a model'; valid models: minilm"),
     ("overrides", {"attn_bnn": 3}, r"attn_bnn"),
     ("max_steps", 0, r"max_steps must be a positive integer"),
+    ("max_eval_examples", "al", r"max_eval_examples must be a positive integer or None \(the budget's default\), "
+                                r"or 'all' \(every example\), got 'al'"),
     ("bf16", "yes", r"bf16 must be one of"),
     ("label_smoothing", 1.5, r"label_smoothing must be a number in \[0, 1\)"),
 ])
@@ -65,6 +67,16 @@ def test_defaults_come_from_the_cpu_budget_and_table_8():
     assert (xsum.max_steps, xsum.lr, xsum.label_smoothing, xsum.max_grad_norm) == (100_000, 5e-5, 0.1, 0.1)
     assert (xsum.num_beams, xsum.gen_min_length, xsum.gen_max_length, xsum.no_repeat_ngram_size) == (6, 10, 60, 3)
     assert TrainConfig(max_steps=7).resolved().max_steps == 7
+
+
+def test_all_lifts_the_budgets_cap_on_a_split():
+    """None takes the CPU budget's cap (500 of rt-polarity's 1,000 dev sentences), "all" every example; resolved,
+    None is no cap, so "all" and a task without a cap give one run id."""
+    assert TrainConfig().resolved().max_eval_examples == 500
+    full = TrainConfig(max_eval_examples="all", max_test_examples="all").resolved()
+    assert (full.max_eval_examples, full.max_test_examples) == (None, None)
+    assert resolve_run(TrainConfig(max_eval_examples="all")).run_id != resolve_run(TrainConfig()).run_id
+    assert resolve_run(TrainConfig(max_test_examples="all")).run_id == resolve_run(TrainConfig()).run_id
 
 
 def test_overrides_change_the_run_id():
