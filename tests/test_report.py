@@ -153,6 +153,9 @@ def test_notebooks_follow_the_code_and_figure_rules(path):
 def test_chapters_name_grids_that_exist():
     grids = report.provenance.chapter_grids()
     assert {"existing_methods", "insertion_form", "modified_representation", "composition", "mam"} <= set(grids)
+    # a chapter that shows a verdict (C1) follows its claim's grids and the sweeps those choose their rate from
+    assert {"book/protocol/rt.yaml", "book/protocol/rt_lr.yaml", "book/protocol/rt_lr_full.yaml"} <= set(
+        grids["existing_methods"])
     for names in grids.values():
         for name in names:
             assert (ROOT / name).is_file(), name
@@ -191,3 +194,32 @@ def test_a_method_with_some_seeds_at_the_majority_class_is_named_with_their_coun
     assert table["values"].tolist()[0] == [60.2, 60.2, 75.0]
     assert prose.stuck_at_majority(table, "rt-polarity") == "a (2 of 3 seeds), b (the majority class scores 60.2)"
     assert prose.majority_verdict(table, "rt-polarity") == "1 of the 3 methods left the majority class in every seed"
+
+
+def test_cross_machine_pairs_a_rerun_with_its_record_and_the_seed_spread(tmp_path):
+    """A point of runs/ run again in runs/cross-machine (same run id, another device) is set beside its record,
+    with the spread over that point's seeds in runs/; records are copied from committed ones, nothing trains."""
+    from petl.report import provenance
+    runs = tmp_path / "runs"
+    seeds = sorted(ROOT.glob("runs/rt-polarity_minilm_lora_seed[0-2]_100steps_*"))
+    assert len(seeds) == 3
+    for record in seeds:
+        shutil.copytree(record, runs / record.name, ignore=shutil.ignore_patterns("weights", "*.ipynb"))
+    rerun = runs / "cross-machine" / seeds[0].name
+    shutil.copytree(runs / seeds[0].name, rerun)
+    config, metrics = (json.loads((rerun / n).read_text()) for n in ("config.json", "metrics.json"))
+    config["device"] = {"device": "cpu", "cpu": "x86_64", "cpu_count": 2, "num_processes": 1, "torch_threads": 2}
+    metrics["test"]["accuracy"] += 0.5
+    (rerun / "config.json").write_text(json.dumps(config))
+    (rerun / "metrics.json").write_text(json.dumps(metrics))
+    pairs = provenance.cross_machine(runs)
+    assert len(pairs) == 1
+    row = pairs.iloc[0]
+    tests = [json.loads((r / "metrics.json").read_text())["test"]["accuracy"] for r in seeds]
+    assert row["run id"] == seeds[0].name and row["difference"] == pytest.approx(0.5)
+    assert (row["device"], row["rerun device"], row["seeds"]) == ("NVIDIA H200", "cpu", 3)
+    assert row["seed sd"] == pytest.approx(pd.Series(tests).std())
+    assert provenance.cross_machine_summary(pairs) == {"pairs": "1", "across": "1", "largest": "0.5",
+                                                        "sd": f"{pd.Series(tests).std():.1f}"}
+    assert selection.records(runs)["run_id"].tolist().count(seeds[0].name) == 1   # the rerun is no record of runs/
+    assert provenance.cross_machine_summary(provenance.cross_machine(tmp_path / "empty"))["pairs"] == "0"

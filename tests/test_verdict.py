@@ -65,6 +65,7 @@ def _write(runs: Path, rid: str, variant: str, seed: int, dev: float, test: floa
     config.update(run_id=rid)
     config["train"]["seed"] = seed
     metrics.update(dev={"accuracy": dev}, test={"accuracy": test})
+    metrics["num_examples"]["validation"] = 1000                   # all of dev, as the majority baseline
     (runs / rid).mkdir(parents=True)
     (runs / rid / "config.json").write_text(json.dumps(config))
     (runs / rid / "metrics.json").write_text(json.dumps(metrics))
@@ -140,6 +141,17 @@ def test_without_a_dev_baseline_no_arm_counts_as_learned(tmp_path):
     assert row["verdict"].startswith("did not learn") and "python -m petl.baselines" in row["verdict"]
 
 
+def test_a_run_on_part_of_dev_is_not_judged_against_the_whole_dev_majority(tmp_path):
+    grid = _grid(tmp_path)
+    runs = _records(tmp_path, grid, LEARNED)
+    for path in runs.glob("*_lora_seed1_*/metrics.json"):
+        metrics = json.loads(path.read_text())
+        metrics["num_examples"]["validation"] = 500
+        path.write_text(json.dumps(metrics))
+    row = verdict.verdict_table("CX", _claims(tmp_path, grid), directory=runs).iloc[0]
+    assert row["verdict"].startswith("did not learn: lora") and "seed 1: no baseline record" in row["verdict"]
+
+
 def test_the_protocol_file_is_checked(tmp_path):
     grid = _grid(tmp_path)
     path = _claims(tmp_path, grid, "close")                     # a 'close' comparison without a margin
@@ -178,16 +190,33 @@ def test_the_learning_rate_tables_show_each_candidate_and_the_choice(tmp_path):
     seeds = tmp_path / "seeds.yaml"
     seeds.write_text(f"fixed: {{{base}, lr: {{best_on_dev: lr.yaml}}}}\ngrid:\n  seed: [0, 1]\n")
     runs = tmp_path / "runs"
-    for (point, rid), dev in zip(sweep.plan([tmp_path / "lr.yaml"]), (70.0, 80.0)):   # 1e-2: no record yet
+    for (point, rid), dev in zip(sweep.plan([tmp_path / "lr.yaml"]), (60.0, 80.0)):   # 1e-2: no record yet
         _write(runs, rid, "lora", 0, dev, dev)
+        (runs / rid / "history.csv").write_text("step,loss\n1,0.9\n2,0.7\n3,0.5\n")
+    (runs / "baselines").mkdir()
+    shutil.copy(ROOT / "runs" / "baselines" / "rt-polarity-majority.json", runs / "baselines")
     waiting = report.chosen_rates(report.lr_sweeps(str(seeds), directory=runs)).iloc[0]
-    assert (waiting["with a record"], waiting["chosen on dev"]) == ("2 of 3", "")
+    assert (waiting["with a record"], waiting["chosen on dev"], waiting["learned at"]) == ("2 of 3", "", "0.001")
     _write(runs, sweep.plan([tmp_path / "lr.yaml"])[2][1], "lora", 0, 75.0, 75.0)
     sweeps = report.lr_sweeps(str(seeds), directory=runs)
-    assert list(sweeps["dev"]) == [70.0, 80.0, 75.0] and list(sweeps["chosen"]) == [False, True, False]
+    assert list(sweeps["dev"]) == [60.0, 80.0, 75.0] and list(sweeps["chosen"]) == [False, True, False]
+    # dev majority 58.6 + 10: 1e-4 at 60.0 did not learn
+    assert list(sweeps["learned"]) == [False, True, True]
     row = report.chosen_rates(sweeps).iloc[0]
     assert (row["method"], row["rates tried"], row["chosen on dev"]) == ("lora", "0.0001, 0.001, 0.01", "0.001")
+    assert row["learned at"] == "0.001, 0.01"
     assert row["paper (Table 8)"] == "0.0001"                   # GLUE's rate: rt-polarity stands in for SST-2
+    curves = report.loss_curves(sweeps, "rt-polarity", "lora", window=2, directory=runs)
+    assert sorted(set(curves["lr"])) == [1e-4, 1e-3]           # the 1e-2 record has no history.csv
+    assert list(curves[curves["lr"] == 1e-4]["smoothed"]) == pytest.approx([0.9, 0.8, 0.6])
+    with pytest.raises(ValueError, match="no sweep of 'prefix' on 'rt-polarity'; its methods: lora"):
+        report.loss_curves(sweeps, "rt-polarity", "prefix", directory=runs)
+    full = seeds.with_name("full.yaml")
+    (tmp_path / "full_lr.yaml").write_text(f"fixed: {{{base.replace('lora', 'full')}, seed: 0}}\n"
+                                           "grid:\n  lr: [1.0e-5, 1.0e-4]\n")
+    full.write_text(f"fixed: {{{base.replace('lora', 'full')}, lr: {{best_on_dev: full_lr.yaml}}, seed: 0}}\n")
+    row = report.chosen_rates(report.lr_sweeps(str(full), directory=runs)).iloc[0]
+    assert (row["paper (Table 8)"], row["learned at"]) == ("—", "")   # Table 8 has no full fine-tuning rate
 
 
 def test_the_protocol_cost_counts_a_stage_2_seed_0_once(tmp_path):

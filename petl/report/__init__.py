@@ -27,7 +27,8 @@ from petl.report.cost import cpu_timing_summary, grid_cost_on_cpu, protocol_cost
 from petl.report.display import show, table_html
 from petl.report.generation import (GENERATION_TABLES, compare_generation, generation_setting, generation_table,
                                     generation_vs_lead)
-from petl.report.learning_rates import chosen_rates, lr_figure, lr_sweeps, paper_lr
+from petl.report.learning_rates import (chosen_rates, final_loss, loss_curves, loss_figure, lr_figure, lr_sweeps,
+                                        paper_lr, sweep_of)
 from petl.report.paper import (PAPER_CSV, PRESETS_CSV, paper_curves, paper_gap, paper_number, paper_results,
                                paper_row, paper_value, presets, side_by_side, table_name)
 from petl.report.plots import budget_plot, curves_plot, errorbar_plot, glue_figure, pareto_plot

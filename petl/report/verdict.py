@@ -149,14 +149,14 @@ def learning_bar(run: pd.Series, directory=None) -> list[tuple[str, str, float, 
     """[(column, baseline name, baseline value, margin)]: what a run must be above to count as having learned,
     the baseline of its task on the very examples the run was scored on plus the margin of `LEARNED_MARGIN`.
     Classification is judged on dev (the majority class on dev), generation on every test split (lead-1, or
-    copying the source)."""
+    copying the source). A baseline scored on other examples than the run (a run on part of dev) sets no bar."""
     kind = task_kind(run["task"])
     margin = LEARNED_MARGIN[kind]
     bars = []
     for record in baseline_records(run["task"], directory):
         if kind == "classification":
             value = record.get("validation", {}).get("accuracy")
-            if value is not None:
+            if value is not None and run.get("num_examples.validation") == record.get("validation_examples"):
                 bars.append(("dev.accuracy", record["name"], value, margin))
             continue
         metric = run["primary_metric"]
@@ -164,6 +164,21 @@ def learning_bar(run: pd.Series, directory=None) -> list[tuple[str, str, float, 
             if run.get(f"num_examples.{split}") == n and metric in record.get(split, {}):
                 bars.append((f"{split}.{metric}", record["name"], record[split][metric], margin))
     return bars
+
+
+def not_learned(run: pd.Series, directory=None) -> list[str]:
+    """Why one run does not count as having learned (`learning_bar`), a line per bar it misses; [] if it learned."""
+    bars = learning_bar(run, directory)
+    if not bars:
+        return [f"seed {run['seed']}: no baseline record of {run['task']} on these examples (python -m petl.baselines)"]
+    problems = []
+    for col, name, value, margin in bars:
+        score = run.get(col, float("nan"))
+        if not score > value + margin:
+            plus = f" + {margin:g}" if margin else ""
+            problems.append(f"seed {run['seed']}: {col} {score:.1f}, not above {value + margin:.1f} "
+                            f"({name} {value:.1f}{plus})")
+    return problems
 
 
 @dataclasses.dataclass
@@ -184,18 +199,7 @@ def arm(runs: pd.DataFrame, which, column: str, directory=None) -> Arm | None:
     labels = sorted(set(rows["label"]))
     if len(labels) > 1:
         raise ValueError(f"{where} names {len(labels)} methods ({', '.join(labels)}); give the size or scale too")
-    failed = []
-    for _, run in rows.iterrows():
-        bars = learning_bar(run, directory)
-        if not bars:
-            failed.append(f"seed {run['seed']}: no baseline record of {run['task']} on these examples "
-                          "(python -m petl.baselines)")
-        for col, name, value, margin in bars:
-            score = run.get(col, float("nan"))
-            if not score > value + margin:
-                plus = f" + {margin:g}" if margin else ""
-                failed.append(f"seed {run['seed']}: {col} {score:.1f}, not above {value + margin:.1f} "
-                              f"({name} {value:.1f}{plus})")
+    failed = [problem for _, run in rows.iterrows() for problem in not_learned(run, directory)]
     pct = rows["parameters.paper_pct"].mean() if "parameters.paper_pct" in rows else None
     return Arm(labels[0], dict(zip(rows["seed"], rows[column])), pct, failed)
 
