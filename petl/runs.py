@@ -58,7 +58,8 @@ REQUIRED_COMPLETE_KEYS = ("dev", "test", "best_step", "wall_time_s", "tokens_per
 STATUSES = ("complete", "failed")
 # Folders of runs/ that hold other records than training runs (petl.baselines, benchmarks/, the reference
 # agreement, the en-ro-l10n source survey).
-RESERVED_FOLDERS = ("baselines", "benchmarks", "cpu-timing", "l10n", "reference")  # not run records of the book's grids
+#: Folders of runs/ that are not records of runs/ itself (baselines, benchmarks, reruns of its points elsewhere).
+RESERVED_FOLDERS = ("baselines", "benchmarks", "cpu-timing", "cross-machine", "l10n", "reference")
 
 # Keys of the training configuration that do not change what a run computes; they stay out of its hash.
 _NOT_HASHED = ("runs_dir", "force", "progress", "weights_dir", "gradient_checkpointing", "checkpoint_every")

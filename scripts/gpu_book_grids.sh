@@ -10,7 +10,9 @@
 #
 # Assets come from $PETL_ASSETS (complete asset folders carried from a machine that fetched them) or are
 # installed from distribution files in $PETL_ASSET_FILES (sha256-checked, as `petl.assets` does everywhere).
-# The sweep starts from a copy of runs/, so complete points are skipped. After LIMIT_S seconds the sweep and its
+# The sweep starts from a copy of runs/, so complete points are skipped; with FRESH_RUNS=1 it starts from runs/baselines
+# alone, so every point runs again: the protocol's cross-machine sample, whose records go to runs/cross-machine/
+# (book/protocol/README.md). After LIMIT_S seconds the sweep and its
 # notebook kernels are stopped (timeout signals the whole process group): a run cut short leaves no record.
 # What comes back: $OUT/new-runs.tgz (only the records this script completed) and $OUT/grid.log.
 set -u
@@ -51,7 +53,11 @@ PY
 } 2>&1 | tee "$LOG"
 [ "${PIPESTATUS[0]}" = 0 ] || { cp "$LOG" "$OUT/"; exit 1; }
 
-cp -r runs "$work/runs"
+if [ "${FRESH_RUNS:-0}" = 1 ]; then
+  mkdir "$work/runs" && cp -r runs/baselines "$work/runs/"
+else
+  cp -r runs "$work/runs"
+fi
 before=$(ls "$work/runs")
 PYTHONUNBUFFERED=1 timeout -k 10 "$LIMIT_S" "$PY" -m petl sweep "$@" --runs-dir "$work/runs" --jobs "$WORKERS" \
   > "$work/sweep.log" 2>&1

@@ -1,7 +1,9 @@
 """Where each chapter's numbers come from: the commits, environments and devices its run records name.
 
-A chapter's grids are the grid files its code names (`book/grids.../*.yaml`, found in its code cells), so the
-provenance appendix follows the chapters without a list of its own. Each record's config.json carries the code's
+A chapter's grids are the grid files its code names (`book/grids.../*.yaml` or `book/protocol/*.yaml`, found in
+its code cells), the grids of the claims whose verdicts it shows (`verdict_table("C1")`: book/claims.yaml), and the
+stage-1 sweeps those grids choose their learning rate from (`lr: {best_on_dev: ...}`), so the provenance appendix
+follows the chapters without a list of its own. Each record's config.json carries the code's
 commit and whether its tree had uncommitted changes (`git`), the package versions (`versions`) and the device
 (`device`), as petl.runs wrote them."""
 
@@ -17,7 +19,8 @@ import pandas as pd
 from petl.report.selection import ROOT, grid_runs
 
 BOOK = ROOT / "book"
-GRID_NAME = re.compile(r"book/grids[\w-]*/[\w.-]+\.ya?ml")
+GRID_NAME = re.compile(r"book/(?:grids[\w-]*|protocol)/[\w.-]+\.ya?ml")
+VERDICT_CALL = re.compile(r"verdict_table\(\s*[\"'](C\d+)[\"']")
 VERSIONS = ("python", "torch", "transformers")
 
 
@@ -47,10 +50,28 @@ def chapter_grids(book_dir: Path = BOOK) -> dict[str, list[str]]:
             continue
         code = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"]
                          if c["cell_type"] == "code")
-        grids = list(dict.fromkeys(GRID_NAME.findall(code)))
+        grids = GRID_NAME.findall(code)
+        claimed = VERDICT_CALL.findall(code)
+        if claimed:
+            from petl.report.verdict import claims
+            spec = claims()
+            grids += [g for cid in claimed for comp in spec[cid]["comparisons"] for g in comp["grids"]]
+        grids = list(dict.fromkeys(g for grid in grids for g in (grid, *_sweeps_of(grid))))
         if grids:
             out[name] = grids
     return out
+
+
+def _sweeps_of(grid: str) -> list[str]:
+    """The stage-1 sweep grids a grid chooses its learning rates from (`lr: {best_on_dev: <file>}`), named from
+    the repository root like the grid."""
+    from petl.sweep import BEST_ON_DEV, read_grid
+    found = []
+    for point in read_grid(ROOT / grid):
+        lr = point.get("lr")
+        if isinstance(lr, dict) and BEST_ON_DEV in lr:
+            found.append(str(Path(grid).parent / lr[BEST_ON_DEV]))
+    return list(dict.fromkeys(found))
 
 
 def _counts(values: pd.Series, empty: str = "none recorded") -> str:
@@ -148,3 +169,79 @@ def summary(chapters: dict) -> dict:
                 no_commit_devices=_counts(_device(runs[commit.isna()])) if commit.isna().any() else "none",
                 dirty=int((_column(runs, "git.dirty") == True).sum()),  # noqa: E712
                 devices=_counts(_device(runs)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The same point on two machines
+# --------------------------------------------------------------------------------------------------
+
+#: Folders of runs/ that hold points run again elsewhere, under the run id of the record in runs/: the CPU timing
+#: reruns (`runs/cpu-timing`) and the protocol's cross-machine sample (`runs/cross-machine`, book/protocol/README.md).
+RERUN_FOLDERS = ("cpu-timing", "cross-machine")
+#: Columns of a record that are not what it computed: where, when, how fast, and the seed (the spread's axis).
+_NOT_THE_POINT = ("run_id", "path", "seed", "progress", "save_weights", "size", "scale", "label")
+
+
+def _point_key(frame: pd.DataFrame) -> pd.Series:
+    """A key per record that is equal for the records of one grid point but for the seed."""
+    from petl.train_config import TrainConfig
+    import dataclasses
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    columns = sorted(c for c in frame.columns
+                     if (c in fields or c.startswith(("petl.", "overrides.")) or c == "computation")
+                     and c not in _NOT_THE_POINT)
+    return frame[columns].astype(object).where(frame[columns].notna(), None).apply(
+        lambda row: repr(tuple(row)), axis=1)
+
+
+def cross_machine(directory=None, folders=RERUN_FOLDERS) -> pd.DataFrame:
+    """One row per record of a rerun folder whose run id also has a record in the runs folder (current method
+    code on both sides, so one computation): the method, the test score (the primary metric) and device of each
+    record, their difference (rerun - runs/), and the standard deviation over the seeds of that point in the runs
+    folder (on whatever machines they ran), the spread the difference is to be read against."""
+    from petl.report.selection import records, runs_dir
+    base = Path(directory or runs_dir())
+    here = records(base)
+    rows = []
+    keys = _point_key(here) if not here.empty else None
+    for folder in folders:
+        if here.empty or not (base / folder).is_dir():
+            continue
+        there = records(base / folder)
+        for i, rerun in there.iterrows():
+            match = here[here["run_id"] == rerun["run_id"]]
+            if match.empty:
+                continue
+            run = match.iloc[0]
+            metric = f"test.{run['primary_metric']}"
+            siblings = here.loc[keys == keys[match.index[0]], metric].dropna()
+            rows.append({"run id": run["run_id"], "method": run["label"], "task": run["task"],
+                         "steps": run["steps"], "seed": run["seed"], "metric": metric,
+                         "runs/": run[metric], "device": _device(match).iloc[0],
+                         "rerun in": f"runs/{folder}/", "rerun": rerun[metric],
+                         "rerun device": _device(there.loc[[i]]).iloc[0],
+                         "difference": rerun[metric] - run[metric],
+                         "seed sd": siblings.std() if len(siblings) > 1 else float("nan"),
+                         "seeds": len(siblings)})
+    return pd.DataFrame(rows, columns=["run id", "method", "task", "steps", "seed", "metric", "runs/", "device",
+                                       "rerun in", "rerun", "rerun device", "difference", "seed sd", "seeds"])
+
+
+def cross_machine_summary(pairs: pd.DataFrame) -> dict[str, str]:
+    """The counts the appendix states: pairs, pairs across two kinds of device (CPU and GPU), the largest
+    |difference| and the largest seed standard deviation beside a pair ('—' where there is none)."""
+    if pairs.empty:
+        return dict(pairs="0", across="0", largest="—", sd="—")
+    across = int(((pairs["device"] == "cpu") != (pairs["rerun device"] == "cpu")).sum())
+    sd = pairs["seed sd"].max()
+    return dict(pairs=str(len(pairs)), across=str(across), largest=f"{pairs['difference'].abs().max():.1f}",
+                sd="—" if pd.isna(sd) else f"{sd:.1f}")
+
+
+def _one_decimal(value) -> str:
+    return "—" if pd.isna(value) else f"{value:.1f}"
+
+
+#: How the appendix shows `cross_machine`'s numbers (a point with one seed has no spread: '—').
+CROSS_MACHINE_FORMAT = {"runs/": _one_decimal, "rerun": _one_decimal, "seed sd": _one_decimal,
+                        "difference": lambda value: f"{value:+.1f}"}
