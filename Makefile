@@ -15,7 +15,7 @@ ASSETS ?=
 
 test: $(STAMP)
 	$(PY) -m petl.assets fetch $(TEST_ASSETS)
-	$(PY) -m pytest -q -n auto --dist loadfile tests   # a worker per core; a test file stays on one
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=25 tests   # a worker per core; a test file stays on one; the 25 slowest tests listed
 
 book: $(STAMP)
 	$(PY) -m petl.assets fetch $(BOOK_ASSETS)
