@@ -39,6 +39,7 @@ make their waiting points ready; whatever still waits is listed at the end (not 
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import itertools
 import os
@@ -69,7 +70,24 @@ class Outcome:
 
 
 def notebook_parameters(notebook: str | os.PathLike = DEFAULT_NOTEBOOK) -> dict[str, Any]:
-    """Parameter name -> default value of the notebook's cell tagged ``parameters``."""
+    """Parameter name -> default value of the notebook's cell tagged ``parameters`` (read once per version of
+    the file: a sweep, the book's learning-rate tables and the protocol's cost ask for it many times)."""
+    path = Path(notebook).resolve()
+    stat = path.stat() if path.exists() else None
+    key = (str(path), stat.st_mtime_ns, stat.st_size) if stat else None
+    if key is None or key not in _PARAMETERS:
+        _PARAMETERS.clear()
+        params = _read_parameters(notebook)
+        if key is None:
+            return params
+        _PARAMETERS[key] = params
+    return copy.deepcopy(_PARAMETERS[key])
+
+
+_PARAMETERS: dict[tuple, dict[str, Any]] = {}
+
+
+def _read_parameters(notebook) -> dict[str, Any]:
     import papermill
     params = papermill.inspect_notebook(str(notebook))
     if not params:

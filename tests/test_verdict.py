@@ -113,6 +113,23 @@ def test_a_verdict_table_row_from_records(tmp_path):
     assert verdict.claim_verdict(table) == "agrees"
 
 
+def test_the_paper_column_keeps_the_papers_digits():
+    comp = {"paper": {"table": "table2", "a": "prefix tuning", "b": "full fine-tuning", "task": "sst2",
+                      "metric": "accuracy"}}
+    assert verdict._paper(comp) == "94.0 vs 94.6 (-0.60)"       # results.csv prints 94.0; it is not shown as 94
+
+
+def test_an_arm_reads_its_tasks_baselines_once(tmp_path, monkeypatch):
+    grid = _grid(tmp_path)
+    runs = _records(tmp_path, grid, LEARNED)
+    calls = []
+    real = verdict.baseline_records
+    monkeypatch.setattr(verdict, "baseline_records", lambda *a, **k: calls.append(a) or real(*a, **k))
+    rows = verdict.compare(json.loads(_claims(tmp_path, grid).read_text())["CX"]["comparisons"][0], directory=runs)
+    assert isinstance(rows, list) and len(rows) == 1          # one row per test split, always a list
+    assert len(calls) == 2                                    # one read per arm, not one per seed
+
+
 def test_an_arm_that_did_not_learn_is_named_and_kept_out_of_the_verdict(tmp_path):
     grid = _grid(tmp_path)
     # the majority class on dev is 58.6 (586 of 1,000 positive): seed 1 of LoRA at 61.0 is not 10 points above

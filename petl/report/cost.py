@@ -83,10 +83,16 @@ def protocol_cost(protocol_dir: str | os.PathLike | None = None, directory: str 
     from petl.sweep import grid_files, read_grid
     protocol_dir = Path(protocol_dir or ROOT / "book" / "protocol")
     runs = load_runs(Path(directory or runs_dir()))
-    rows = []
+    rows, grids = [], {}
+
+    def read(grid: Path) -> list[dict]:                       # each sweep grid read once, not once per point
+        if grid not in grids:
+            grids[grid] = read_grid(grid)
+        return grids[grid]
+
     for path in grid_files([protocol_dir]):
-        points = read_grid(path)
-        counted = [p for p in points if not _is_sweep_run(p, path)]
+        points = read(path)
+        counted = [p for p in points if not _is_sweep_run(p, path, read)]
         sel = grid_runs(str(path), directory=directory)
         done = {rid for rid in sel.runs["run_id"]} if not sel.runs.empty else set()
         sweeps = {path.parent / p["lr"]["best_on_dev"] for p in points if isinstance(p.get("lr"), dict)}
@@ -106,15 +112,17 @@ def protocol_cost(protocol_dir: str | os.PathLike | None = None, directory: str 
     return pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
 
 
-def _is_sweep_run(point: dict, grid: Path) -> bool:
+def _is_sweep_run(point: dict, grid: Path, read=None) -> bool:
     """Whether a stage-2 point is one of its stage-1 sweep's runs: its lr is chosen on dev there and the sweep has
-    a point equal to it in everything but the lr (seed 0 at the paper's size, typically)."""
+    a point equal to it in everything but the lr (seed 0 at the paper's size, typically). `read`: how a grid file
+    is read (default `petl.sweep.read_grid`)."""
     from petl.sweep import read_grid
+    read = read or read_grid
     lr = point.get("lr")
     if not (isinstance(lr, dict) and "best_on_dev" in lr):
         return False
     rest = {k: v for k, v in point.items() if k != "lr"}
-    return any({k: v for k, v in p.items() if k != "lr"} == rest for p in read_grid(grid.parent / lr["best_on_dev"]))
+    return any({k: v for k, v in p.items() if k != "lr"} == rest for p in read(grid.parent / lr["best_on_dev"]))
 
 
 def _seconds_per_point(runs: pd.DataFrame, point: dict, device: str) -> float | None:

@@ -20,8 +20,11 @@ SIZES = ("attn_bn", "ffn_bn")
 
 
 def paper_results(table: str | None = None, task: str | None = None, metric: str | None = None) -> pd.DataFrame:
-    """The paper's reported numbers (He et al., ICLR 2022), as tidy rows."""
-    df = pd.read_csv(PAPER_CSV)
+    """The paper's reported numbers (He et al., ICLR 2022), as tidy rows; `value_text` is the value as the paper
+    prints it (94.0, not 94)."""
+    df = pd.read_csv(PAPER_CSV, dtype={"value": str})
+    df["value_text"] = df["value"]
+    df["value"] = df["value"].astype(float)
     if table is not None:
         df = df[df["table"] == table]
     if task is not None:
@@ -43,6 +46,13 @@ def _presets(_mtime: int) -> pd.DataFrame:
         df[column] = pd.to_numeric(df[column].replace("", None), errors="raise").astype("Int64")
     df["counted"] = df["counted"].map({"yes": True, "no": False})
     return df
+
+
+def paper_text(table: str, method: str, task: str, metric: str) -> str | None:
+    """One paper number as the paper prints it (its digits), or None."""
+    found = paper_results(table, task, metric)
+    found = found[found["method"] == method]
+    return None if found.empty else found["value_text"].iloc[0]
 
 
 def paper_number(table: str, method: str, task: str, metric: str) -> tuple[float, float | None] | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from petl.report.paper import paper_number
+from petl.report.paper import paper_text
 from petl.report.selection import ROOT, baseline_records, grid_runs, select
 
 CLAIMS = ROOT / "book" / "claims.yaml"
@@ -145,15 +145,16 @@ def task_kind(task: str) -> str:
     return "translation" if spec.primary_metric == "bleu" else "summarization"
 
 
-def learning_bar(run: pd.Series, directory=None) -> list[tuple[str, str, float, float]]:
+def learning_bar(run: pd.Series, directory=None, baselines: list | None = None) -> list[tuple[str, str, float, float]]:
     """[(column, baseline name, baseline value, margin)]: what a run must be above to count as having learned,
     the baseline of its task on the very examples the run was scored on plus the margin of `LEARNED_MARGIN`.
     Classification is judged on dev (the majority class on dev), generation on every test split (lead-1, or
-    copying the source). A baseline scored on other examples than the run (a run on part of dev) sets no bar."""
+    copying the source). A baseline scored on other examples than the run (a run on part of dev) sets no bar.
+    `baselines`: the task's baseline records when the caller has read them already (`baseline_records`)."""
     kind = task_kind(run["task"])
     margin = LEARNED_MARGIN[kind]
     bars = []
-    for record in baseline_records(run["task"], directory):
+    for record in baseline_records(run["task"], directory) if baselines is None else baselines:
         if kind == "classification":
             value = record.get("validation", {}).get("accuracy")
             if value is not None and run.get("num_examples.validation") == record.get("validation_examples"):
@@ -166,9 +167,9 @@ def learning_bar(run: pd.Series, directory=None) -> list[tuple[str, str, float, 
     return bars
 
 
-def not_learned(run: pd.Series, directory=None) -> list[str]:
+def not_learned(run: pd.Series, directory=None, baselines: list | None = None) -> list[str]:
     """Why one run does not count as having learned (`learning_bar`), a line per bar it misses; [] if it learned."""
-    bars = learning_bar(run, directory)
+    bars = learning_bar(run, directory, baselines)
     if not bars:
         return [f"seed {run['seed']}: no baseline record of {run['task']} on these examples (python -m petl.baselines)"]
     problems = []
@@ -199,7 +200,9 @@ def arm(runs: pd.DataFrame, which, column: str, directory=None) -> Arm | None:
     labels = sorted(set(rows["label"]))
     if len(labels) > 1:
         raise ValueError(f"{where} names {len(labels)} methods ({', '.join(labels)}); give the size or scale too")
-    failed = [problem for _, run in rows.iterrows() for problem in not_learned(run, directory)]
+    baselines = {task: baseline_records(task, directory) for task in set(rows["task"])}
+    failed = [problem for _, run in rows.iterrows()
+              for problem in not_learned(run, directory, baselines[run["task"]])]
     pct = rows["parameters.paper_pct"].mean() if "parameters.paper_pct" in rows else None
     return Arm(labels[0], dict(zip(rows["seed"], rows[column])), pct, failed)
 
@@ -230,29 +233,30 @@ def claims(path: str | Path = CLAIMS) -> dict:
 
 
 def _paper(comp: dict) -> str:
+    """'94.0 vs 95.2 (-1.20)': the paper's two numbers as it prints them, and their difference."""
     p = comp["paper"]
-    numbers = [paper_number(p["table"], p[side], p["task"], p["metric"]) for side in ("a", "b")]
-    if None in numbers:
+    texts = [paper_text(p["table"], p[side], p["task"], p["metric"]) for side in ("a", "b")]
+    if None in texts:
         raise ValueError(f"data/paper/results.csv has no row for {p}")
-    (va, _), (vb, _) = numbers
-    return f"{va:g} vs {vb:g} ({va - vb:+.2f})"
+    va, vb = (float(t) for t in texts)
+    return f"{texts[0]} vs {texts[1]} ({va - vb:+.2f})"
 
 
-def compare(comp: dict, directory=None) -> dict:
-    """One row of a verdict table (see the module docstring)."""
+def compare(comp: dict, directory=None) -> list[dict]:
+    """The rows of a verdict table for one comparison (see the module docstring): one per test split."""
     splits = comp.get("splits", ["test"])
     variants = [side if isinstance(side, str) else side["variant"] for side in (comp["a"], comp["b"])]
     sel = grid_runs(*comp["grids"], where=variants, directory=directory)       # the two arms' points only
     row = {"comparison": comp["what"], "paper": _paper(comp)}
     if sel.runs.empty:
-        return {**row, "ours": "", "n": 0, "budget": "", "verdict": _pending(sel)}
+        return [{**row, "ours": "", "n": 0, "budget": "", "verdict": _pending(sel)}]
     out = []
     for split in splits:
         column = f"{split}.{comp['metric']}"
         a, b = (arm(sel.runs, comp[side], column, directory) for side in ("a", "b"))
         name = f"{comp['what']} ({split})" if len(splits) > 1 else comp["what"]
         out.append({**row, "comparison": name, **_verdict(comp, a, b, sel)})
-    return out[0] if len(out) == 1 else out
+    return out
 
 
 def _pending(sel) -> str:
@@ -298,15 +302,13 @@ def _verdict(comp: dict, a: Arm | None, b: Arm | None, sel) -> dict:
     return {"ours": diff.text(), "n": diff.n, "budget": budget, "verdict": verdict}
 
 
-def verdict_table(claim_id: str, path: str | Path = CLAIMS, directory=None) -> pd.DataFrame:
-    """The verdict table a results chapter opens with: one row per comparison (and test split) of a claim."""
-    spec = claims(path)
+def verdict_table(claim_id: str, path: str | Path = CLAIMS, directory=None, spec: dict | None = None) -> pd.DataFrame:
+    """The verdict table a results chapter opens with: one row per comparison (and test split) of a claim.
+    `spec`: the protocol when the caller has read it already (`claims`)."""
+    spec = claims(path) if spec is None else spec
     if claim_id not in spec:
         raise KeyError(f"no claim {claim_id!r} in {path}; claims: {', '.join(spec)}")
-    rows = []
-    for comp in spec[claim_id]["comparisons"]:
-        result = compare(comp, directory)
-        rows += result if isinstance(result, list) else [result]
+    rows = [row for comp in spec[claim_id]["comparisons"] for row in compare(comp, directory)]
     return pd.DataFrame(rows, columns=["comparison", "paper", "ours", "n", "budget", "verdict"])
 
 
@@ -328,8 +330,9 @@ def claim_verdict(table: pd.DataFrame) -> str:
 def verdict_summary(path: str | Path = CLAIMS, directory=None) -> pd.DataFrame:
     """The introduction's page: one row per claim, its paper source, chapter and overall verdict."""
     rows = []
-    for cid, claim in claims(path).items():
-        table = verdict_table(cid, path, directory)
+    spec = claims(path)
+    for cid, claim in spec.items():
+        table = verdict_table(cid, path, directory, spec)
         rows.append({"claim": f"{cid}: {claim['claim']}", "paper": claim["paper"], "chapter": claim["chapter"],
                      "comparisons": len(table), "verdict": claim_verdict(table)})
     return pd.DataFrame(rows)
