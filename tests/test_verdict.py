@@ -45,6 +45,11 @@ def test_decide_reads_the_interval_against_what_the_paper_reports():
         verdict.decide(D(3, 1.0, 0.2, 0.5, 1.5), "better")
     # a spread of 1 around a mean of 1: t(n-1) / sqrt(n) < 1 first at n = 7
     assert verdict.seeds_to_resolve(D(3, 1.0, 1.0, -1.5, 3.5)) == 7
+    assert verdict.undecided_reason(D(3, 1.0, 1.0, -1.5, 3.5)) == "at this spread about 7 seeds would decide it"
+    assert verdict.undecided_reason(D(1, 1.0, None, None, None)) == "one seed: no spread to go by"
+    # a mean 0.02 from the bound -1.5 at a spread of 1 needs ~10,000 seeds: the reason says where the mean sits
+    assert verdict.undecided_reason(D(5, -1.48, 1.0, -2.7, -0.2), margin=1.5) == (
+        "the mean difference -1.48 sits 0.02 from the bound -1.50: more than 200 seeds at this spread")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -121,6 +121,18 @@ def seeds_to_resolve(diff: Difference, margin: float = 0.0, most: int = 200) -> 
     return None
 
 
+def undecided_reason(diff: Difference, margin: float = 0.0, most: int = 200) -> str:
+    """What an undecided comparison needs, in words: the seeds that would decide it at the observed spread, or
+    why no number of seeds can be named (one seed; a mean that sits on the bound -margin)."""
+    if diff.sd is None:
+        return "one seed: no spread to go by"
+    need = seeds_to_resolve(diff, margin, most)
+    if need is not None:
+        return f"at this spread about {need} seeds would decide it"
+    return (f"the mean difference {diff.mean:+.2f} sits {abs(diff.mean + margin):.2f} from the bound "
+            f"{-margin:+.2f}: more than {most} seeds at this spread")
+
+
 def decide(diff: Difference, expect: str, margin: float = 0.0) -> str:
     """agrees / disagrees / undecided at n = k, for what the paper reports (`greater` or `close`)."""
     if expect not in EXPECTATIONS:
@@ -297,8 +309,7 @@ def _verdict(comp: dict, a: Arm | None, b: Arm | None, sel) -> dict:
     margin = float(comp.get("margin", 0.0))
     verdict = decide(diff, comp["expect"], margin)
     if verdict.startswith("undecided"):
-        need = seeds_to_resolve(diff, margin if comp["expect"] == "close" else 0.0)
-        verdict += f" (at this spread about {need} seeds would decide it)" if need else " (no spread to go by)"
+        verdict += f" ({undecided_reason(diff, margin if comp['expect'] == 'close' else 0.0)})"
     return {"ours": diff.text(), "n": diff.n, "budget": budget, "verdict": verdict}
 
 
