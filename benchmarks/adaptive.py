@@ -70,9 +70,9 @@ def scaled(ratio: dict, by: float) -> dict:
 
 def verdict(ci95, limit: float | None) -> str:
     """'pass' (the whole interval at or under the limit), 'fail' (the whole interval over it), 'undecided' (it
-    holds the limit), 'not measured' (no interval); 'control' for a row without a limit."""
+    holds the limit), 'not measured' (no interval); 'no target' for a row without a limit."""
     if limit is None:
-        return "control"
+        return "no target"
     if not ci95 or any(x is None or not math.isfinite(x) for x in ci95):
         return "not measured"
     low, high = ci95
@@ -91,7 +91,7 @@ def precise(raw: dict[str, list[float]], pairs: dict[str, tuple[str, str]], prec
 def adaptive_rounds(run_once: dict, pairs: dict[str, tuple[str, str]], *, precision: float = 0.05,
                     min_rounds: int = MIN_ROUNDS, max_rounds: int = 200, budget_s: float = 60.0,
                     discard: int = 1, steps_per_sample: int = 1, sync=None, seed: int = 0, clock=time.perf_counter,
-                    log=None) -> dict:
+                    log=None, into: dict | None = None) -> dict:
     """Rounds of every callable in `run_once` (name -> callable), each once per round in a new random order
     (seeded), until every ratio in `pairs` (key -> (numerator, denominator)) is known to ±precision (after
     min_rounds kept rounds), or max_rounds are kept, or the next round would not fit in budget_s.
@@ -99,10 +99,12 @@ def adaptive_rounds(run_once: dict, pairs: dict[str, tuple[str, str]], *, precis
     Each sample is the time of `steps_per_sample` consecutive calls divided by their number; `sync` (say,
     torch.cuda.synchronize) runs before and after. The first `discard` rounds are timed but not kept (the
     allocator and autotuners settle there). Returns raw (name -> kept seconds per round), rounds, discarded,
-    stopped ('precise' | 'max_rounds' | 'budget'), precision_met and elapsed_s.
+    stopped ('precise' | 'max_rounds' | 'budget'), precision_met and elapsed_s. `into`: a dict to keep the
+    samples in as they come (what a caller still has when a timeout interrupts the rounds).
     """
     names = list(run_once)
-    raw: dict[str, list[float]] = {n: [] for n in names}
+    raw: dict[str, list[float]] = into if into is not None else {}
+    raw.update({n: [] for n in names})
     order = random.Random(seed)
     start = clock()
     done = 0
