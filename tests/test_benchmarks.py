@@ -529,3 +529,22 @@ def test_gpu_sh_writes_the_record_and_log_into_out(tmp_path):
     rec = json.loads(records[0].read_text())
     assert rec["complete"] and list(rec["shapes"]) == ["roberta-base"] and rec["settings"]["budget_s"] == 450
 
+
+def test_book_gpu_section_reads_the_newest_v2_record(gpu_record):
+    from petl import report
+    text, table = report.gpu_v2_section([])
+    assert text.startswith("The v2 GPU benchmark has not run yet; command: ") and "gpu.sh" in text and table is None
+    tiny = gpu_record[0] | {"_path": "gpu-v2-tiny-cpu.json"}
+    assert report.gpu_v2_section([tiny])[1] is None  # a --tiny CPU check is not a GPU record
+    older = tiny | {"tiny": False, "created": "2026-01-01T00:00:00+00:00", "_path": "old.json"}
+    newest = tiny | {"tiny": False, "_path": "gpu-v2-h200-x.json"}
+    text, table = report.gpu_v2_section([older, newest])
+    assert text.startswith("gpu-v2-h200-x.json") and "rounds" in text and "Targets:" in text
+    assert len(table) == len(tiny["targets"]) and {"FLOPs ×", "95% interval", "verdict"} <= set(table.columns)
+    # the CPU tables leave GPU records out, the v1 GPU record is labelled as such
+    assert report.benchmark_parity([newest]).empty and report.benchmark_tables([newest]) == {}
+    v1 = dict(kind="petl-benchmark-gpu", device=dict(name="H200"), _path="gpu-h200-v1.json", batches={"64": dict(
+        source_length=512, target_length=128, memory_ratio_to_floor={"floor": 1.0},
+        timing=dict(rounds=8, median_step_s={"floor": 0.1}, ratio_to_floor={}, tokens_per_s={"floor": 1.0}))})
+    (caption,) = report.benchmark_tables([v1])
+    assert "GPU benchmark v1: 8 rounds" in caption
