@@ -498,7 +498,7 @@ def test_the_record_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     assert json.loads(out.read_text())["phase"] == 1 and [p.name for p in out.parent.iterdir()] == ["gpu.json"]
 
 
-def test_record_path_and_bad_arguments():
+def test_record_path_and_bad_arguments(capsys):
     path = gpu.record_path(Path("runs/benchmarks"), {"name": "NVIDIA H200"}, "2026-12-03T11:50:07+00:00", False)
     assert path == Path("runs/benchmarks/gpu-v2-h200-20261203-1150.json")
     assert gpu.record_path(Path("x"), {"name": "cpu"}, "2026-12-03T11:50:07+00:00", True).name == \
@@ -507,6 +507,7 @@ def test_record_path_and_bad_arguments():
                          (["--min-rounds", "3"], "min-rounds")):
         with pytest.raises(SystemExit):
             gpu.parse_args(["--tiny", *bad])
+        assert message in capsys.readouterr().err
     with pytest.raises(ValueError, match="valid sizes are"):
         gpu.method_specs("huge")
     if not torch.cuda.is_available():
