@@ -115,7 +115,8 @@ def _peft_model(spec: MethodSpec, model: nn.Module, family: str) -> nn.Module:
     cls = getattr(peft, args.pop("type"))
     task = {"encoder": "SEQ_CLS", "decoder": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}[family]
     if cls is peft.LoraConfig:
-        args["target_modules"] = ["query", "value"] if model.config.model_type == "bert" else ["q_proj", "v_proj"]
+        args["target_modules"] = (["query", "value"] if model.config.model_type in ("bert", "roberta")
+                                  else ["q_proj", "v_proj"])
     return peft.get_peft_model(model, cls(task_type=task, **args))
 
 

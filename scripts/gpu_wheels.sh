@@ -5,10 +5,24 @@
 # with the working tree and scripts/gpu_book_grids.sh installs them into /tmp/site there.
 #
 #   bash scripts/gpu_wheels.sh            # then: carry .whl; bash scripts/gpu_book_grids.sh GRID...
+#   bash scripts/gpu_wheels.sh --bench    # only peft (pure Python, 0.8 MB) for benchmarks/gpu.sh, kept beside the rest
+#
+# peft is among the wheels because the GPU image's own (0.21.0 in 2026-11) cannot wrap BART under transformers 5;
+# it is downloaded without its dependencies (torch among them), which the image has.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 DEST=.whl
+peft_wheel() {
+  mkdir -p "$DEST"
+  rm -f "$DEST"/peft-*.whl
+  "$PY" -m pip download -q --no-deps --only-binary=:all: -c constraints.txt -d "$DEST" peft
+}
+if [ "${1:-}" = "--bench" ]; then
+  peft_wheel
+  echo "$(ls "$DEST"/peft-*.whl) in $DEST/"
+  exit 0
+fi
 # What the GPU image already holds (torch, transformers, accelerate, numpy, pandas, pyarrow, pyyaml, tqdm, ...)
 # is left out: these are the distributions of the closure below that it lacks (device tool's package list, 2026-11).
 NEEDED="asttokens comm datasets debugpy defusedxml dill entrypoints executing fastjsonschema httpcore2 httpx2
@@ -31,4 +45,5 @@ for name in $NEEDED; do
   [ -n "$found" ] || { echo "error: no wheel of $name in the download (did a pin change?)" >&2; exit 1; }
   cp "$all/$found" "$DEST/"
 done
+peft_wheel
 echo "$(ls "$DEST" | wc -l) wheels, $(du -sh "$DEST" | cut -f1), in $DEST/"

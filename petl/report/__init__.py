@@ -20,9 +20,10 @@ imports report.
 """
 
 from petl.report import accounting, provenance
-from petl.report.benchmarks import (MIN_ROUNDS_FOR_INTERVAL, benchmark_counted, benchmark_figure,
+from petl.report.benchmarks import (GPU_V2_COMMAND, MIN_ROUNDS_FOR_INTERVAL, benchmark_counted, benchmark_figure,
                                     benchmark_parity, benchmark_records, benchmark_tables, benchmark_verdict,
-                                    has_intervals, houlsby_traffic, mam_memory, record_name, records_named)
+                                    gpu_v2_records, gpu_v2_section, gpu_v2_table, has_intervals, houlsby_traffic,
+                                    mam_memory, record_name, records_named)
 from petl.report.cost import cpu_timing_summary, grid_cost_on_cpu, protocol_cost
 from petl.report.display import show, table_html
 from petl.report.generation import (GENERATION_TABLES, compare_generation, generation_setting, generation_table,

@@ -3,8 +3,11 @@ and `benchmarks/gpu.sh`): the book's efficiency appendix and the benchmark's own
 through the functions here.
 
 A CPU record holds `machine`, `command`, `shapes` (per shape: `shape`, `timing` with `rounds`, `work`, `memory`,
-`inference`) and `targets` (one row per target: shape, target, method, value, limit, clock, met, ci95, decided); a
-GPU record holds `device` and `batches` (per batch size: `timing`, `memory_ratio_to_floor`).
+`inference`) and `targets` (one row per target: shape, target, method, value, limit, clock, met, ci95, decided). A
+GPU record (`kind: petl-benchmark-gpu`) of version 1 holds `device` and `batches` (per batch size: `timing`,
+`memory_ratio_to_floor`); version 2 (`benchmarks/gpu.py`) holds `shapes` (per shape: `work`, `memory`, `timing`,
+`ratios`, `inference`), `targets` (shape, target, method, value, ci95, limit, counted_ratio, time_ratio, verdict)
+and `profiles`. The CPU tables below read CPU records only; gpu_v2_section reads the newest GPU record of version 2.
 """
 
 from __future__ import annotations
@@ -39,8 +42,19 @@ def record_name(record: dict) -> str:
     return Path(record.get("_path", "?")).name
 
 
+#: What the book says to run while no GPU record of version 2 exists (benchmarks/README.md, "GPU").
+GPU_V2_COMMAND = ("bash scripts/gpu_wheels.sh --bench, then on the GPU machine (carry .whl): "
+                  "PETL_GIT_COMMIT=<commit> OUT=$OUT bash benchmarks/gpu.sh; "
+                  "copy $OUT/gpu-v2-*.json to runs/benchmarks/")
+
+
 def is_gpu(record: dict) -> bool:
-    return "batches" in record
+    return "batches" in record or record.get("kind") == "petl-benchmark-gpu"
+
+
+def gpu_version(record: dict) -> int:
+    """A GPU record's format version (the first records had none: 1)."""
+    return int(record.get("version") or 1)
 
 
 def has_intervals(record: dict) -> bool:
@@ -102,6 +116,8 @@ def benchmark_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
     for record in records:
         name = record_name(record)
         if is_gpu(record):
+            if gpu_version(record) >= 2:
+                continue  # gpu_v2_section
             device = record.get("device", {}).get("name", "GPU")
             for batch, entry in record["batches"].items():
                 timing = entry.get("timing", {})
@@ -111,8 +127,11 @@ def benchmark_tables(records: list[dict]) -> dict[str, pd.DataFrame]:
                          "tokens/s": f"{timing.get('tokens_per_s', {}).get(method, 0):,.0f}"}
                         for method, step in timing.get("median_step_s", {}).items()]
                 if rows:
-                    tables[f"{name}: {device}, BART-large shape, batch {batch} × {entry.get('source_length')} "
-                           f"source / {entry.get('target_length')} target tokens, bf16 autocast"] = pd.DataFrame(rows)
+                    rounds = timing.get("rounds")
+                    tables[f"{name} (GPU benchmark v1: {rounds} rounds, medians without intervals, too few to "
+                           f"resolve a 10% difference): {device}, BART-large shape, batch {batch} × "
+                           f"{entry.get('source_length')} source / {entry.get('target_length')} target tokens, "
+                           "bf16 autocast"] = pd.DataFrame(rows)
             continue
         device = record.get("machine", {}).get("cpu", "")
         rows = [{"shape": t.get("shape"), "method": t.get("method"), "target": t.get("target"),
@@ -132,6 +151,8 @@ def _most_rounds(records: list[dict], wanted) -> dict:
     has an interval, the one from the record with the most rounds of its shape (the first such on a tie)."""
     best: dict = {}
     for record in records:
+        if is_gpu(record):
+            continue
         for target in record.get("targets", []):
             if target.get("value") is None or usable_interval(record, target) is None \
                     or not wanted(record, target):
@@ -194,7 +215,7 @@ def floor_ratios(records: list[dict]) -> dict[str, dict]:
     """Per shape, the training-step times over the floor of the CPU record that measured the most methods against
     it (partial re-runs hold a few; among equals the one with the most rounds, then the newest): {shape: {record,
     rounds, limit, methods, values, low, high}} with the 95% interval where the record has one."""
-    cpu = [r for r in records if r.get("targets") and not r.get("machine", {}).get("gpu")]
+    cpu = [r for r in records if r.get("targets") and not is_gpu(r) and not r.get("machine", {}).get("gpu")]
 
     def floor_targets(record, shape):
         return [t for t in record["targets"] if t.get("shape") == shape and t.get("clock") == "wall_s"
@@ -258,7 +279,7 @@ def mam_memory(records: list[dict], shape_name: str = "minilm") -> dict | None:
         ratios = record.get("shapes", {}).get(shape_name, {}).get("memory", {}).get("ratio_to_floor", {})
         return ratios if "mam" in ratios and "adamw_state_bound" in ratios["mam"] and "mam_nomlp" in ratios else None
 
-    with_bound = [r for r in records if ratios_of(r)]
+    with_bound = [r for r in records if not is_gpu(r) and ratios_of(r)]
     if not with_bound:
         return None
     newest = max(with_bound, key=lambda r: r.get("created", ""))
@@ -268,3 +289,52 @@ def mam_memory(records: list[dict], shape_name: str = "minilm") -> dict | None:
                 bound=ratios["mam"]["adamw_state_bound"], nomlp=ratios["mam_nomlp"]["with_weights"],
                 mlp_peak_bytes=per_method["mam"]["with_weights_bytes"] - per_method["mam_nomlp"]["with_weights_bytes"],
                 mlp_state_bytes=3 * (per_method["mam"]["trainable_bytes"] - per_method["mam_nomlp"]["trainable_bytes"]))
+
+
+def gpu_v2_records(records: list[dict]) -> list[dict]:
+    """The GPU records of version 2 from a GPU (not --tiny CPU checks), newest first."""
+    found = [r for r in records if is_gpu(r) and gpu_version(r) >= 2 and not r.get("tiny")]
+    return sorted(found, key=lambda r: r.get("created", ""), reverse=True)
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "—" if not isinstance(x, (int, float)) else f"{x:.{digits}f}"
+
+
+def gpu_v2_table(record: dict) -> pd.DataFrame:
+    """A version-2 GPU record's targets: the timed ratio, the counted FLOPs ratio it is divided by, the value
+    judged (time over FLOPs) with its 95% interval, the limit, the verdict (pass / fail / undecided), the rounds,
+    and the method's peak memory over the floor's."""
+    rows = []
+    for t in record.get("targets", []):
+        memory = record.get("shapes", {}).get(t.get("shape"), {}).get("memory", {}).get("ratio_to_floor", {})
+        rows.append({"shape": t.get("shape"), "method": t.get("method"), "target": t.get("target"),
+                     "time ×": _fmt(t.get("time_ratio")), "FLOPs ×": _fmt(t.get("counted_ratio")),
+                     "value": _fmt(t.get("value")), "95% interval": interval_text(t.get("ci95")),
+                     "limit": _fmt(t.get("limit"), 2), "verdict": t.get("verdict"), "rounds": t.get("rounds"),
+                     "peak memory × floor": _fmt(memory.get(t.get("method")), 2)})
+    return pd.DataFrame(rows, columns=["shape", "method", "target", "time ×", "FLOPs ×", "value", "95% interval",
+                                       "limit", "verdict", "rounds", "peak memory × floor"])
+
+
+def gpu_v2_section(records: list[dict]) -> tuple[str, pd.DataFrame | None]:
+    """The efficiency appendix's GPU section: a sentence on the newest version-2 GPU record (device, commit, per
+    shape its rounds and whether every ratio reached its precision, the verdicts) and its gpu_v2_table; without
+    one, the sentence says so and names the command (GPU_V2_COMMAND), and the table is None."""
+    found = gpu_v2_records(records)
+    if not found:
+        return f"The v2 GPU benchmark has not run yet; command: {GPU_V2_COMMAND}.", None
+    record = found[0]
+    summary = record.get("summary", {})
+    shapes = "; ".join(
+        f"{key}: {summary.get('rounds', {}).get(key)} rounds, "
+        + ("every ratio within ±{:.0%}".format(record.get("settings", {}).get("precision", 0.05))
+           if summary.get("precision_met", {}).get(key) else f"stopped ({summary.get('stopped', {}).get(key)}) "
+           "before every ratio reached its precision")
+        for key in record.get("shapes", {}))
+    verdicts = ", ".join(f"{n} {v}" for v, n in summary.get("verdicts", {}).items())
+    commit = (record.get("git") or {}).get("commit") or "no commit recorded"
+    state = "" if record.get("complete") else " It did not finish: what it measured before it stopped is shown."
+    text = (f"{record_name(record)} ({record.get('device', {}).get('name', 'GPU')}, commit {str(commit)[:10]}, "
+            f"{_fmt(record.get('wall_time_s'), 0)} s): {shapes}. Targets: {verdicts or 'none'}.{state}")
+    return text, gpu_v2_table(record)
