@@ -178,11 +178,30 @@ def git_commit() -> dict:
         return {"commit": passed, "dirty": None, **({"commit_from": GIT_COMMIT_VAR} if passed else {})}
 
 
+#: The CPU features that change which kernels torch runs (and so the order of float sums): vector width, bf16.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_model(cpuinfo: str | None = None) -> dict:
+    """The CPU's model name and which of CPU_FEATURES it has, from /proc/cpuinfo (Linux; elsewhere the model is
+    platform's and the features are not known: None). Machines of one name differ in these, so a record says."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return {"cpu_model": platform.processor() or platform.machine(), "cpu_features": None}
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu_model": fields.get("model name") or platform.machine(),
+            "cpu_features": [f for f in CPU_FEATURES if f in flags]}
+
+
 def device_info(device: Any = None, num_processes: int = 1) -> dict:
     """Hostname-free description of where the run ran."""
     import torch
     info = {"device": str(device) if device is not None else "cpu", "num_processes": num_processes,
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(), **cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -182,3 +182,14 @@ def test_a_copy_without_git_records_the_commit_it_is_told(tmp_path, monkeypatch)
     assert r.git_commit() == {"commit": None, "dirty": None}
     monkeypatch.setenv(r.GIT_COMMIT_VAR, "abc123")
     assert r.git_commit() == {"commit": "abc123", "dirty": None, "commit_from": "PETL_GIT_COMMIT"}
+
+
+def test_a_record_names_the_cpu_model_and_its_bf16_and_vector_features():
+    """Two machines of one architecture ('x86_64') differ in the kernels torch picks: the record says which."""
+    info = ("processor\t: 0\nmodel name\t: AMD EPYC 9R14\n"
+            "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512vl\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9R14\n")
+    assert runs.cpu_model(info) == {"cpu_model": "AMD EPYC 9R14", "cpu_features": ["avx2", "avx512f", "avx512_bf16"]}
+    assert runs.cpu_model("flags : sse2 avx2\n")["cpu_features"] == ["avx2"]
+    here = runs.device_info()
+    assert isinstance(here["cpu_model"], str) and here["cpu_model"]
+    assert here["cpu_features"] is None or set(here["cpu_features"]) <= set(runs.CPU_FEATURES)
