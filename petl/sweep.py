@@ -28,7 +28,8 @@ a ``grid`` list), FILE a *sweep grid* named relative to the folder of the grid f
 Such a point's lr is the one whose points of FILE in the same setting (its *candidates*: the points that agree
 with it on every parameter both set, except ``lr`` and ``seed``) have the best dev primary metric, averaged over
 their seeds; a failed record (a diverged lr) scores worst, and a tie goes to the smaller lr (`lr_choice` gives
-the choice and its table). The chosen lr is an ordinary number in the point, so its run id and record are those
+the choice and its table). Where every lr failed, none is chosen: the point keeps waiting, and the sweep's last
+lines say that its sweep grid needs smaller rates. The chosen lr is an ordinary number in the point, so its run id and record are those
 of any point with that lr. The candidates must be one setting with at least 2 distinct, numeric learning rates,
 and FILE must list its own learning rates as numbers (no chaining); otherwise the grid is refused (GridError).
 While some candidate has no complete or failed record, the point is *waiting* (`Waiting`, in `Plan.waiting`): it
@@ -233,10 +234,12 @@ class Waiting:
     sweep_grid: Path            # the grid file its lr is chosen from
     have: int
     total: int
+    why: str | None = None      # set when every record is there but no lr can be chosen (all failed)
 
     @property
     def reason(self) -> str:
-        return f"lr chosen on dev from {self.sweep_grid}: {self.have} of {self.total} sweep points have a record"
+        return self.why or (f"lr chosen on dev from {self.sweep_grid}: {self.have} of {self.total} sweep points "
+                            f"have a record")
 
 
 @dataclasses.dataclass
@@ -251,6 +254,7 @@ class LrChoice:
     table: Any                  # pandas.DataFrame
     have: int                   # candidates with a complete or failed record
     total: int                  # candidates
+    why: str | None = None      # why no lr was chosen although every candidate has a record (all failed)
 
     @property
     def waiting(self) -> bool:
@@ -383,12 +387,15 @@ def _choose(where: str, point: dict, sweep_grid: Path, runs_dir: Path, resolver:
         rows.append({"lr": lr, "seeds": seeds, "run_ids": rids, "dev": devs, "n": len(scored), "mean": mean,
                      "score": score, "status": status, "chosen": False})
     table = pd.DataFrame(rows, columns=["lr", "seeds", "run_ids", "dev", "n", "mean", "score", "status", "chosen"])
-    chosen = None
-    if have == len(candidates):
+    chosen, why = None, None
+    if have == len(candidates) and all(row["score"] == -math.inf for row in rows):
+        why = (f"every lr of {sweep_grid} failed for {_method(point)} ({', '.join(f'{r:g}' for r in lrs)}): no "
+               f"rate trained, so none is chosen; add smaller rates to that grid")
+    elif have == len(candidates):
         best = min(range(len(rows)), key=lambda i: (-rows[i]["score"], rows[i]["lr"]))   # ties: the smaller lr
         chosen = rows[best]["lr"]
         table.loc[best, "chosen"] = True
-    return LrChoice(chosen, metric, sweep_grid, table, have, len(candidates))
+    return LrChoice(chosen, metric, sweep_grid, table, have, len(candidates), why)
 
 
 def lr_choice(point: dict, grid_file: str | os.PathLike, runs_dir: str | os.PathLike = "runs",
@@ -396,7 +403,8 @@ def lr_choice(point: dict, grid_file: str | os.PathLike, runs_dir: str | os.Path
     """The lr `point` gets from the sweep grid `grid_file` on the dev records in `runs_dir`: among the sweep
     points that agree with `point` on every parameter both set except lr and seed (its candidates), the lr whose
     seeds' mean dev primary metric is highest; a failed record (a diverged run) scores worst; ties go to the
-    smaller lr. ``lr`` is None while a candidate has no complete or failed record. GridError for a point or grid
+    smaller lr. ``lr`` is None while a candidate has no complete or failed record, and where every candidate
+    failed (``why`` says so). GridError for a point or grid
     that cannot be chosen for (no candidate, one lr only, a candidate without a numeric lr, a sweep grid that
     chooses its own lr on dev)."""
     return _choose(f"point {point}", point, Path(grid_file), Path(runs_dir), _Resolver(notebook))
@@ -422,7 +430,7 @@ def plan(paths: list[str | os.PathLike], notebook: str | os.PathLike = DEFAULT_N
                 choices[setting] = _choose(f"{path}: point {point}", point, source, Path(runs_dir), resolver)
             choice = choices[setting]
             if choice.waiting:
-                waiting.append(Waiting(point, path, source, choice.have, choice.total))
+                waiting.append(Waiting(point, path, source, choice.have, choice.total, choice.why))
             else:
                 resolved = {**point, "lr": choice.lr}
                 points.append((resolved, resolver.run_id(path, resolved)))
@@ -626,9 +634,14 @@ def sweep(paths: list[str | os.PathLike], runs_dir: str | os.PathLike = "runs", 
         log("running in another sweep (not done here):\n" + "\n".join(f"  {o.run_id}" for o in locked))
     if failed:
         log("FAILED runs:\n" + "\n".join(f"  [{o.index}/{total}] {o.run_id}: {o.reason}" for o in failed))
-    if points.waiting:
+    unchosen = [w for w in points.waiting if w.why]
+    pending = [w for w in points.waiting if not w.why]
+    if pending:
         log("waiting for their lr (not failures: their sweep points have no record yet, run them and sweep "
-            "again):\n" + "\n".join(f"  {w.point} ({w.reason})" for w in points.waiting))
+            "again):\n" + "\n".join(f"  {w.point} ({w.reason})" for w in pending))
+    if unchosen:
+        log("no lr to choose (every rate of their sweep failed):\n"
+            + "\n".join(f"  {w.point} ({w.reason})" for w in unchosen))
     return outcomes
 
 

@@ -316,3 +316,23 @@ def test_on_slurm_a_point_whose_lr_was_chosen_goes_with_its_grid_file(tmp_path, 
     assert [c[2:] for c in calls] == [(1e-4, 0), (3e-4, 0), (1e-3, 0), (1e-4, 1), (1e-4, 2)]
     assert [o.status for o in outcomes] == ["complete"] * 5
     assert [a.get("partition") for a in arrays] == [None, "long"]        # round 2 went with seeds.yaml's resources
+
+
+def test_where_every_lr_failed_none_is_chosen_and_the_sweep_says_to_widen_its_grid(tmp_path, monkeypatch):
+    """Choosing the smallest of rates that all diverged would run every seed at a rate known to fail."""
+    from petl.report.selection import grid_runs
+    runs_dir = tmp_path / "runs"
+    grid = _lr_grid(tmp_path)
+    seeds = _seeds_grid(tmp_path)
+    _fill(runs_dir, grid, lambda lr, seed: None)                          # every sweep point diverged
+    choice = sweep.lr_choice({**BASE, "variant": "lora"}, grid, runs_dir)
+    assert choice.lr is None and (choice.have, choice.total) == (6, 6) and not choice.table["chosen"].any()
+    assert choice.why.startswith(f"every lr of {grid} failed for variant lora") and "add smaller rates" in choice.why
+    found = sweep.plan([seeds], runs_dir=runs_dir)
+    assert list(found) == [] and len(found.waiting) == 3 and found.waiting[0].reason == choice.why
+    lines = []
+    monkeypatch.setattr(sweep, "_run_points", lambda *a, **k: [])
+    assert [o.status for o in sweep.sweep([seeds], runs_dir=runs_dir, log=lines.append)] == ["waiting"] * 3
+    assert any(line.startswith("no lr to choose (every rate of their sweep failed):") for line in lines)
+    assert not any(line.startswith("waiting for their lr") for line in lines)
+    assert choice.why in grid_runs(str(seeds), directory=runs_dir).pending()

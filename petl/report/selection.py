@@ -229,10 +229,10 @@ class GridRuns:
         parts = [describe_points([point for _, point, rid in missing if isinstance(rid, str)], varying)]
         groups: dict = {}
         for _, point, wait in self.waiting:
-            groups.setdefault((str(wait.sweep_grid), wait.have, wait.total), []).append(_described(point))
-        for (_, have, of), points in groups.items():
-            parts.append(f"{describe_points(points, varying)} (lr not chosen yet: {have} of {of} sweep points "
-                         f"have a record)")
+            groups.setdefault((str(wait.sweep_grid), wait.have, wait.total, wait.why), []).append(_described(point))
+        for (_, have, of, why), points in groups.items():
+            parts.append(f"{describe_points(points, varying)} ("
+                         + (why or f"lr not chosen yet: {have} of {of} sweep points have a record") + ")")
         return f"{len(missing)} of {total} points have no record yet: {'; '.join(p for p in parts if p)}"
 
 

@@ -284,6 +284,8 @@ def _pending(sel) -> str:
     if sweeps:
         text += "; learning rates not chosen yet (" + ", ".join(
             f"{name}: {h} of {t} sweep points have a record" for name, (h, t) in sweeps.items()) + ")"
+    for why in sorted({wait.why for _, _, wait in sel.waiting if wait.why}):
+        text += f"; {why}"
     return text
 
 
