@@ -449,7 +449,7 @@ def parse_args(argv=None):
     parser.add_argument("--precision", type=float, default=0.05, help="stop when every ratio is known to ±this")
     parser.add_argument("--inference-precision", type=float, default=0.01)
     parser.add_argument("--min-rounds", type=int, default=None, help="kept rounds before stopping (10; --tiny 6)")
-    parser.add_argument("--max-rounds", type=int, default=None, help="(default 300; --tiny 12)")
+    parser.add_argument("--max-rounds", type=int, default=None, help="(default 300; --tiny 8)")
     parser.add_argument("--discard", type=int, default=1, help="untimed first rounds")
     parser.add_argument("--steps-per-sample", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3, help="steps per method before timing (the first counts work)")

@@ -52,14 +52,9 @@ CLOCKS = ("wall_s", "cpu_s")
 
 
 def machine_info(threads: int) -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return dict(cpu=model, cpu_count=os.cpu_count(), torch_threads=threads, platform=platform.platform(),
-                loadavg_start=list(os.getloadavg()))
+    from petl.runs import cpu_model
+    return dict(cpu=cpu_model()["cpu_model"], cpu_count=os.cpu_count(), torch_threads=threads,
+                platform=platform.platform(), loadavg_start=list(os.getloadavg()))
 
 
 def package_versions() -> dict:

@@ -193,7 +193,7 @@ def cpu_model(cpuinfo: str | None = None) -> dict:
     fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
     fields = {key.strip(): value.strip() for key, value in fields.items()}
     flags = set(fields.get("flags", "").split())
-    return {"cpu_model": fields.get("model name") or platform.machine(),
+    return {"cpu_model": fields.get("model name") or platform.processor() or platform.machine(),
             "cpu_features": [f for f in CPU_FEATURES if f in flags]}
 
 

@@ -29,8 +29,8 @@ Such a point's lr is the one whose points of FILE in the same setting (its *cand
 with it on every parameter both set, except ``lr`` and ``seed``) have the best dev primary metric, averaged over
 their seeds; a failed record (a diverged lr) scores worst, and a tie goes to the smaller lr (`lr_choice` gives
 the choice and its table). Where every lr failed, none is chosen: the point keeps waiting, and the sweep's last
-lines say that its sweep grid needs smaller rates. The chosen lr is an ordinary number in the point, so its run id and record are those
-of any point with that lr. The candidates must be one setting with at least 2 distinct, numeric learning rates,
+lines say that its sweep grid needs smaller rates. The chosen lr is an ordinary number in the point, so its run
+id and record are those of any point with that lr. The candidates must be one setting with at least 2 distinct, numeric learning rates,
 and FILE must list its own learning rates as numbers (no chaining); otherwise the grid is refused (GridError).
 While some candidate has no complete or failed record, the point is *waiting* (`Waiting`, in `Plan.waiting`): it
 has no run id yet, ``--dry-run`` lists it as ``wait (lr chosen on dev from FILE: k of n sweep points have a
@@ -404,9 +404,8 @@ def lr_choice(point: dict, grid_file: str | os.PathLike, runs_dir: str | os.Path
     points that agree with `point` on every parameter both set except lr and seed (its candidates), the lr whose
     seeds' mean dev primary metric is highest; a failed record (a diverged run) scores worst; ties go to the
     smaller lr. ``lr`` is None while a candidate has no complete or failed record, and where every candidate
-    failed (``why`` says so). GridError for a point or grid
-    that cannot be chosen for (no candidate, one lr only, a candidate without a numeric lr, a sweep grid that
-    chooses its own lr on dev)."""
+    failed (``why`` says so). GridError for a point or grid that cannot be chosen for (no candidate, one lr only,
+    a candidate without a numeric lr, a sweep grid that chooses its own lr on dev)."""
     return _choose(f"point {point}", point, Path(grid_file), Path(runs_dir), _Resolver(notebook))
 
 
