@@ -1,4 +1,5 @@
-"""Look inside a trained method: the gate λ(x) of Eq. 7 per layer and head, and the size of every update."""
+"""Look inside a method: the gate λ(x) of Eq. 7 per layer and head, the size of every update, and how far apart
+the model's representations of different inputs are (`trace`, which a training run can log every few steps)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,48 @@ def gates(model: nn.Module, **inputs) -> dict[str, dict[int, torch.Tensor]]:
     finally:
         for group in groups.values():
             group.record = None
+
+
+@torch.no_grad()
+def trace(model: nn.Module, **inputs) -> dict[str, float]:
+    """A few numbers that show whether a method is still letting the input through, on one forward pass:
+
+    - ``gate_<group>_l<i>``: for every prefix group, λ(x) of Eq. 7 at layer i, averaged over heads and the
+      batch's real (unpadded) query positions: the share of attention that the prefix takes;
+    - ``spread_l<i>``: how different the batch's inputs look after layer i (0: the embeddings), the standard
+      deviation over examples of the mean-pooled hidden state, averaged over its dimensions (the encoder's, for
+      an encoder-decoder model). A spread falling towards 0 means every input gets nearly the same
+      representation, so no head on top can tell them apart.
+
+    Runs in evaluation mode (no dropout, no random numbers drawn) and restores the model's mode, so a training run
+    that traces itself computes what it computes without tracing.
+    """
+    groups = {name: d for name, d in modules_of(model).deltas.items() if isinstance(d, PrefixGroup)}
+    mask = inputs.get("attention_mask")
+    was_training = model.training
+    model.eval()
+    for group in groups.values():
+        group.record = {}
+    try:
+        out = model(**inputs, output_hidden_states=True)
+        row: dict[str, float] = {}
+        for name, group in groups.items():
+            for layer, gate in sorted(group.record.items()):  # [batch, heads, query]
+                real = mask[:, None, :].expand_as(gate).bool() if mask is not None and mask.shape[-1] == \
+                    gate.shape[-1] else torch.ones_like(gate, dtype=torch.bool)
+                row[f"gate_{name.removeprefix('prefix_')}_l{layer}"] = float(gate[real].float().mean())
+        hidden = getattr(out, "encoder_hidden_states", None) or out.hidden_states
+        for layer, h in enumerate(hidden):
+            # the real tokens' mean (every position where a method added some, as prompt tuning does)
+            weights = mask if mask is not None and mask.shape[-1] == h.shape[1] else torch.ones(h.shape[:2])
+            weights = weights[..., None].to(h.device, h.dtype)
+            pooled = (h * weights).sum(1) / weights.sum(1).clamp_min(1)
+            row[f"spread_l{layer}"] = float(pooled.float().std(0).mean())
+        return row
+    finally:
+        for group in groups.values():
+            group.record = None
+        model.train(was_training)
 
 
 @torch.no_grad()

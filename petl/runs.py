@@ -59,10 +59,11 @@ STATUSES = ("complete", "failed")
 # Folders of runs/ that hold other records than training runs (petl.baselines, benchmarks/, the reference
 # agreement, the en-ro-l10n source survey).
 #: Folders of runs/ that are not records of runs/ itself (baselines, benchmarks, reruns of its points elsewhere).
-RESERVED_FOLDERS = ("baselines", "benchmarks", "cpu-timing", "cross-machine", "l10n", "reference")
+RESERVED_FOLDERS = ("baselines", "benchmarks", "cpu-timing", "cross-machine", "l10n", "reference", "traces")
 
 # Keys of the training configuration that do not change what a run computes; they stay out of its hash.
-_NOT_HASHED = ("runs_dir", "force", "progress", "weights_dir", "gradient_checkpointing", "checkpoint_every")
+_NOT_HASHED = ("runs_dir", "force", "progress", "weights_dir", "gradient_checkpointing", "checkpoint_every",
+               "trace_every")
 #: TrainConfig fields added after the first records, with their defaults: such a field enters the hash only when
 #: set away from its default, so adding one leaves every existing run id as it was (petl.config.LATER_FIELDS is
 #: the same rule for PETLConfig fields).
@@ -84,7 +85,8 @@ class RunLocked(RuntimeError):
 def config_hash(resolved: dict) -> str:
     """Short stable hash (8 hex digits) of what a run computes: the resolved train and petl fields, and the
     version of the method's computation once it is past 1 (petl.config.COMPUTATION_VERSION). Settings that do not
-    change a result (where records go, progress bars, exact gradient checkpointing) and petl fields added later
+    change a result (where records go, progress bars, exact gradient checkpointing, the checkpoint and trace
+    intervals) and petl fields added later
     and left at their defaults (petl.config.LATER_FIELDS, LATER_TRAIN_FIELDS) stay out, so unchanged methods keep their run ids."""
     def strip(d):
         return {k: v for k, v in d.items()

@@ -24,6 +24,10 @@ scheduler, random states and data position go to ``runs/.checkpoints/<run id>/``
 same command started again continues from the newest one, computing what the uninterrupted run computes.
 ``force=True`` starts from step 0. The checkpoints are removed once the record is written.
 
+``trace_every=N`` adds to history.csv, at step 1 and every N steps, ``petl.inspect.trace`` of the first 64 dev
+examples: each prefix layer's gate λ of Eq. 7 and how different the inputs' representations are after each layer.
+It changes neither what the run computes nor its run id.
+
 Data parallel (several GPUs, or several CPU processes with the gloo backend): the same command under
 ``torchrun`` or ``accelerate launch``; ``batch_size`` stays the *global* batch (each of N processes gets
 batch_size / N examples per step, ``split_batches=True``), only process 0 writes the record::
@@ -107,7 +111,7 @@ def _run(run: ResolvedRun, runs_dir: Path) -> RunRecord:
 
     import petl
     from petl import data as D
-    from petl import models, tasks
+    from petl import inspect, models, tasks
 
     cfg, spec, rid = run.train, run.spec, run.run_id
     t_start = time.perf_counter()
@@ -143,6 +147,10 @@ def _run(run: ResolvedRun, runs_dir: Path) -> RunRecord:
     eval_collate = (D.collator if spec.kind == "classification" else D.generation_collator)(spec, tokenizer, family)
     eval_loaders = {s: DataLoader(enc[s], batch_size=eval_bs, shuffle=False, collate_fn=eval_collate)
                     for s in ("validation", *test_splits)}
+    trace_batch = None
+    if cfg.trace_every:  # petl.inspect.trace on the first 64 dev examples, batched as in training
+        rows = [enc["validation"][i] for i in range(min(64, len(enc["validation"])))]
+        trace_batch = {k: v.to(accelerator.device) for k, v in D.collator(spec, tokenizer, family)(rows).items()}
     if len(train_loader) == 0:  # drop_last: fewer examples than one batch would never give a step
         raise RunConfigError(f"the training set has {len(enc['train'])} examples (max_train_examples="
                          f"{cfg.max_train_examples}), fewer than one batch (batch_size={cfg.batch_size}): set "
@@ -216,6 +224,9 @@ def _run(run: ResolvedRun, runs_dir: Path) -> RunRecord:
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{train_tokens / max(train_time, 1e-9):.0f}")
             if step == 1:
                 _pause("train")
+            if trace_batch is not None and main and (step == 1 or step % cfg.trace_every == 0):
+                with accelerator.autocast():  # evaluation mode, no random numbers: training is unchanged
+                    row.update(inspect.trace(accelerator.unwrap_model(model), **trace_batch))
 
             # ---- periodic dev evaluation and model selection on the primary dev metric -------------
             if step % eval_every == 0 or step == max_steps:

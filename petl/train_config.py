@@ -95,6 +95,8 @@ class TrainConfig:
     progress: bool = True
     gradient_checkpointing: bool = False  # recompute activations in backward (exact, both kinds): less memory
     checkpoint_every: int | None = None  # steps between resumable checkpoints (petl.checkpoints); None: eval_every
+    trace_every: int | None = None       # steps between petl.inspect.trace rows in history.csv (prefix gates λ,
+                                         # spread of the inputs' representations) on 64 dev examples; None: never
 
     def validate(self) -> "TrainConfig":
         """Check names and values; raise ValueError naming the bad field and what is valid."""
@@ -109,7 +111,8 @@ class TrainConfig:
             raise ValueError(f"set max_steps ({self.max_steps}) or epochs ({self.epochs}), not both")
         for name in ("max_steps", "batch_size", "eval_every", "eval_batch_size", "max_train_examples",
                      "max_eval_examples", "max_test_examples", "grad_accum", "num_beams", "eval_num_beams",
-                     "max_source_length", "max_target_length", "gen_max_length", "checkpoint_every"):
+                     "max_source_length", "max_target_length", "gen_max_length", "checkpoint_every",
+                     "trace_every"):
             v = getattr(self, name)
             if name in EXAMPLE_CAPS and v == ALL:
                 continue

@@ -129,6 +129,24 @@ def test_run_writes_a_complete_record_and_same_seed_gives_same_metrics(tiny, tmp
 
 
 @rt_polarity
+def test_trace_every_logs_gates_and_spreads_without_changing_the_run(tiny, tmp_path):
+    kw = dict(variant="prefix", overrides={"attn_bn": 4, "mid_dim": 8}, max_steps=4, eval_every=2)
+    plain = train(_cfg(tiny, **kw), runs_dir=tmp_path / "a")
+    traced = train(_cfg(tiny, **kw, trace_every=3), runs_dir=tmp_path / "b")
+    assert traced.run_id == plain.run_id and traced.config["train"]["trace_every"] == 3
+    assert traced.history["loss"].tolist() == plain.history["loss"].tolist()
+    assert traced.metrics["dev"] == plain.metrics["dev"] and traced.metrics["test"] == plain.metrics["test"]
+    h = traced.history
+    gates = [c for c in h.columns if c.startswith("gate_encoder_l")]
+    spreads = [c for c in h.columns if c.startswith("spread_l")]
+    assert len(gates) == 2 and len(spreads) == 3  # the tiny BERT's 2 layers; the embeddings, then each layer
+    traced_rows = h[h[gates[0]].notna()]
+    assert traced_rows["step"].tolist() == [1, 3]  # step 1, then every trace_every steps
+    assert ((traced_rows[gates] > 0) & (traced_rows[gates] < 1)).all().all() and (traced_rows[spreads] > 0).all().all()
+    assert not any(c.startswith(("gate_", "spread_")) for c in plain.history.columns)
+
+
+@rt_polarity
 def test_nan_loss_stops_the_run_with_a_failed_record_naming_the_step(tiny, tmp_path):
     record = train(_cfg(tiny, lr=1e30, max_steps=6, eval_every=6), runs_dir=tmp_path)
     assert record.status == "failed"
