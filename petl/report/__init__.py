@@ -14,12 +14,13 @@ and the sentences glued into their prose. The book never trains.
     provenance  the commits, environments and devices behind each chapter
     learning_rates  the protocol's learning-rate sweeps: each method's candidates, the rate chosen on dev
     verdict     the protocol's verdicts on the paper's claims (book/claims.yaml): paired differences with intervals
+    traces      the traced runs (runs/traces): each prefix layer's gate λ and the inputs' spread over training
 
 Imports go one way: report -> petl.runs (and petl.sweep.plan); nothing in petl.runs, petl.sweep or petl.train
 imports report.
 """
 
-from petl.report import accounting, provenance
+from petl.report import accounting, provenance, traces
 from petl.report.benchmarks import (GPU_V2_COMMAND, MIN_ROUNDS_FOR_INTERVAL, benchmark_counted, benchmark_figure,
                                     benchmark_parity, benchmark_records, benchmark_tables, benchmark_verdict,
                                     gpu_v2_records, gpu_v2_section, gpu_v2_table, has_intervals, houlsby_traffic,

@@ -177,7 +177,7 @@ def summary(chapters: dict) -> dict:
 
 #: Folders of runs/ that hold points run again elsewhere, under the run id of the record in runs/: the CPU timing
 #: reruns (`runs/cpu-timing`), the protocol's cross-machine sample (`runs/cross-machine`, book/protocol/README.md)
-#: and the traced reruns of prefix tuning (`runs/traces`, book/protocol/rt_prefix_trace*.yaml).
+#: and the traced reruns of prefix tuning (`runs/traces`, book/grids-traces/).
 RERUN_FOLDERS = ("cpu-timing", "cross-machine", "traces")
 #: Columns of a record that are not what it computed: where, when, how fast, and the seed (the spread's axis).
 _NOT_THE_POINT = ("run_id", "path", "seed", "progress", "save_weights", "size", "scale", "label")

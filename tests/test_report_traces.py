@@ -1,0 +1,55 @@
+"""petl.report.traces: the traced runs' histories as the chapter reads them (synthetic histories, so every number
+is known): the spread relative to step 1, the step it collapses at, and the sentences that say so."""
+import pandas as pd
+import pytest
+
+from petl.report import traces
+
+
+def _run(tmp_path, name, seed, lr, learned, spread_end, gates_end):
+    """A traced run of a 2-layer prefix model: steps 1..30, traced at 1, 10, 20, 30; its spread goes linearly from
+    1 (step 1) to `spread_end` (relative), its gates from 0.2 to `gates_end`."""
+    rows = []
+    for step in range(1, 31):
+        row = {"step": step, "loss": 0.7 - 0.001 * step, "lr": lr, "grad_norm": 1.0, "tokens": 100}
+        if step in (1, 10, 20, 30):
+            t = (step - 1) / 29
+            row.update({"gate_encoder_l0": 0.2 + t * (gates_end[0] - 0.2), "gate_encoder_l1": 0.2 + t * (gates_end[1] - 0.2),
+                        "spread_l0": 0.1, "spread_l1": 0.2 * (1 + t * (spread_end - 1)),
+                        "spread_l2": 0.4 * (1 + t * (spread_end - 1))})
+        rows.append(row)
+    folder = tmp_path / name
+    folder.mkdir()
+    pd.DataFrame(rows).to_csv(folder / "history.csv", index=False)
+    return {"run_id": name, "name": f"lr {lr:g}, seed {seed}", "learned": learned, "path": str(folder)}
+
+
+def test_history_facts_and_layer_table(tmp_path):
+    runs = pd.DataFrame([_run(tmp_path, "a", 0, 5e-4, True, 1.2, (0.25, 0.3)),
+                         _run(tmp_path, "b", 3, 5e-4, False, 0.1, (0.4, 0.01))])
+    h = traces.trace_history(runs)
+    assert h["step"].tolist() == [1, 10, 20, 30] * 2
+    b = h[h["run_id"] == "b"]
+    assert b["spread"].iloc[0] == pytest.approx(1.0) and b["spread"].iloc[-1] == pytest.approx(0.1)
+    assert b["gate"].iloc[-1] == pytest.approx((0.4 + 0.01) / 2)
+    assert b["loss"].iloc[1] == pytest.approx(sum(0.7 - 0.001 * s for s in range(1, 11)) / 10)  # 10-step mean
+    # relative spread 1 - 0.9 * (step - 1) / 29 first falls under 0.5 at step 20 (0.41), not at 10 (0.72)
+    assert traces.collapse_step(b) == 20 and traces.collapse_step(h[h["run_id"] == "a"]) is None
+    facts = traces.trace_facts(h)
+    assert facts["counts"] == "2 traced runs, 1 of which learned"
+    assert facts["stuck"] == ("lr 0.0005, seed 3: by step 20 its spread had fallen under half of its start, and at "
+                              "step 30 it was 0.10 of it; λ was 0.40 at layer 0 and 0.010 to 0.010 at the others")
+    assert facts["learned"] == ("the lowest mean spread any of them reached was 1.00 of its start, and at their last "
+                                "step their gates were 0.25 to 0.30")
+    table = traces.layer_table(h)
+    assert list(table.columns) == ["run", "learned", "step", "λ 0", "λ 1", "spread 0", "spread 1"]
+    assert table["learned"].tolist() == [False, True] and table["run"].tolist() == ["lr 0.0005, seed 3",
+                                                                                  "lr 0.0005, seed 0"]
+    assert table.loc[0, "spread 1"] == pytest.approx(0.1) and table.loc[0, "step"] == 30
+
+
+def test_no_traced_run_says_so():
+    empty = traces.trace_history(pd.DataFrame(columns=["run_id", "name", "learned", "path"]))
+    assert empty.empty and traces.layer_table(empty).empty
+    assert traces.trace_facts(empty)["counts"] == "no traced run"
+    traces.trace_figure(empty)
