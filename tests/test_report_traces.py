@@ -53,3 +53,37 @@ def test_no_traced_run_says_so():
     assert empty.empty and traces.layer_table(empty).empty
     assert traces.trace_facts(empty)["counts"] == "no traced run"
     traces.trace_figure(empty)
+
+
+def test_traced_runs_reads_the_traces_folder_and_names_runs_by_what_differs(tmp_path):
+    import json
+    import shutil
+
+    from petl import sweep
+    from petl.report.selection import ROOT
+    template = ROOT / "runs" / "rt-polarity_minilm_prefix_seed0_300steps_3d3a3921"
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("fixed: {variant: prefix, lr: 5.0e-4, trace_every: 10, task: rt-polarity, model: minilm,\n"
+                    "        max_steps: 300, eval_every: 100, bf16: false, max_eval_examples: all,\n"
+                    "        overrides: {attn_bn: 16, ffn_bn: 16}}\n"
+                    "grid:\n  seed: [0, 3]\n  warmup: [0.06, 0.2]\n")
+    runs = tmp_path / "runs"
+    for point, rid in sweep.plan([str(grid)]):
+        config = json.loads((template / "config.json").read_text())
+        metrics = json.loads((template / "metrics.json").read_text())
+        config["run_id"] = rid
+        config["train"].update(seed=point["seed"], warmup=point["warmup"], trace_every=10)
+        stuck = point["seed"] == 3 and point["warmup"] == 0.06
+        metrics.update(dev={"accuracy": 58.6 if stuck else 78.0}, test={"accuracy": 60.2 if stuck else 79.0})
+        folder = runs / traces.FOLDER / rid
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    (runs / "baselines").mkdir()
+    shutil.copy(ROOT / "runs" / "baselines" / "rt-polarity-majority.json", runs / "baselines")
+    table = traces.traced_runs(str(grid), directory=runs)
+    assert table["name"].tolist() == ["lr 0.0005, seed 0, warm-up 0.06", "lr 0.0005, seed 0, warm-up 0.2",
+                                      "lr 0.0005, seed 3, warm-up 0.06", "lr 0.0005, seed 3, warm-up 0.2"]
+    assert table["learned"].tolist() == [True, True, False, True]
+    assert table.loc[2, "why"].startswith("seed 3: dev.accuracy 58.6, not above")
+    assert traces.traced_runs(str(grid), directory=tmp_path / "elsewhere").empty  # no traces folder: no run
