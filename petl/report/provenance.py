@@ -19,7 +19,9 @@ import pandas as pd
 from petl.report.selection import ROOT, grid_runs
 
 BOOK = ROOT / "book"
-GRID_NAME = re.compile(r"book/(?:grids[\w-]*|protocol)/[\w.-]+\.ya?ml")
+#: A grid file named in a chapter's code; book/grids-traces/ is left out, since its records are in runs/traces (the
+#: cross-machine table pairs them with runs/), not in the runs folder this appendix counts.
+GRID_NAME = re.compile(r"book/(?:grids(?!-traces/)[\w-]*|protocol)/[\w.-]+\.ya?ml")
 VERDICT_CALL = re.compile(r"verdict_table\(\s*[\"'](C\d+)[\"']")
 VERSIONS = ("python", "torch", "transformers")
 
