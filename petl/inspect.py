@@ -3,6 +3,8 @@ the model's representations of different inputs are (`trace`, which a training r
 
 from __future__ import annotations
 
+import contextlib
+
 import pandas as pd
 import torch
 from torch import nn
@@ -21,14 +23,21 @@ def gates(model: nn.Module, **inputs) -> dict[str, dict[int, torch.Tensor]]:
 
     For concatenated prefixes (prefix tuning as published) λ is the attention mass that falls on the prefix.
     """
+    with _recording_gates(model) as groups:
+        if not groups:
+            raise ValueError("this model's method has no prefix, so it has no gate λ")
+        model(**inputs)
+        return {name: dict(group.record) for name, group in groups.items()}
+
+
+@contextlib.contextmanager
+def _recording_gates(model: nn.Module):
+    """{name: PrefixGroup} of the model, each recording λ per layer into its `record` until the block ends."""
     groups = {name: d for name, d in modules_of(model).deltas.items() if isinstance(d, PrefixGroup)}
-    if not groups:
-        raise ValueError("this model's method has no prefix, so it has no gate λ")
     for group in groups.values():
         group.record = {}
     try:
-        model(**inputs)
-        return {name: dict(group.record) for name, group in groups.items()}
+        yield groups
     finally:
         for group in groups.values():
             group.record = None
@@ -48,20 +57,18 @@ def trace(model: nn.Module, **inputs) -> dict[str, float]:
     Runs in evaluation mode (no dropout, no random numbers drawn) and restores the model's mode, so a training run
     that traces itself computes what it computes without tracing.
     """
-    groups = {name: d for name, d in modules_of(model).deltas.items() if isinstance(d, PrefixGroup)}
     mask = inputs.get("attention_mask")
     was_training = model.training
     model.eval()
-    for group in groups.values():
-        group.record = {}
     try:
-        out = model(**inputs, output_hidden_states=True)
-        row: dict[str, float] = {}
-        for name, group in groups.items():
-            for layer, gate in sorted(group.record.items()):  # [batch, heads, query]
-                real = mask[:, None, :].expand_as(gate).bool() if mask is not None and mask.shape[-1] == \
-                    gate.shape[-1] else torch.ones_like(gate, dtype=torch.bool)
-                row[f"gate_{name.removeprefix('prefix_')}_l{layer}"] = float(gate[real].float().mean())
+        with _recording_gates(model) as groups:
+            out = model(**inputs, output_hidden_states=True)
+            row: dict[str, float] = {}
+            for name, group in groups.items():
+                for layer, gate in sorted(group.record.items()):  # [batch, heads, query]
+                    real = mask[:, None, :].expand_as(gate).bool() if mask is not None and mask.shape[-1] == \
+                        gate.shape[-1] else torch.ones_like(gate, dtype=torch.bool)
+                    row[f"gate_{name.removeprefix('prefix_')}_l{layer}"] = float(gate[real].float().mean())
         hidden = getattr(out, "encoder_hidden_states", None) or out.hidden_states
         for layer, h in enumerate(hidden):
             # the real tokens' mean (every position where a method added some, as prompt tuning does)
@@ -71,8 +78,6 @@ def trace(model: nn.Module, **inputs) -> dict[str, float]:
             row[f"spread_l{layer}"] = float(pooled.float().std(0).mean())
         return row
     finally:
-        for group in groups.values():
-            group.record = None
         model.train(was_training)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from petl.report.plots import _no_data
 from petl.report.selection import baseline_records, grid_runs, runs_dir
 from petl.report.verdict import not_learned
 
@@ -82,7 +83,7 @@ def trace_figure(history: pd.DataFrame):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     if history.empty:
         for ax in axes:
-            ax.text(0.5, 0.5, "no traced run yet", ha="center", va="center", transform=ax.transAxes)
+            _no_data(ax, "no traced run yet")
         return fig
     for (rid, name, learned), run in history.groupby(["run_id", "name", "learned"], sort=False):
         style = dict(ls="-" if learned else "--", lw=1.4, label=name + ("" if learned else " (did not learn)"))
