@@ -214,6 +214,11 @@ def grid_files(paths: list[str | os.PathLike]) -> list[Path]:
 BEST_ON_DEV = "best_on_dev"   # lr: {best_on_dev: <sweep grid file>}: the lr is chosen on that grid's dev results
 
 
+def chosen_on_dev(lr) -> bool:
+    """Whether a point's lr is chosen on dev (``{best_on_dev: FILE}``), not a number or a per-variant mapping."""
+    return isinstance(lr, dict) and BEST_ON_DEV in lr
+
+
 class Plan(list):
     """What `plan` returns: the points that can run now, [(notebook parameters, run id)] in grid order (a list,
     as `plan` always returned), and ``waiting``: [`Waiting`], the points whose lr is chosen on the dev set of sweep
@@ -292,14 +297,22 @@ class _Resolver:
 
 def _lr_source(path: Path, point: dict) -> Path | None:
     """The sweep grid a point's ``lr: {best_on_dev: FILE}`` names (FILE relative to the folder of `path`), or None
-    for an ordinary lr."""
+    for an ordinary lr: a number, or a mapping of variants to rates (``{full: 5.0e-5, "*": 1.0e-3}``, which the
+    notebook resolves for the point's variant: `petl.train_config.lr_for`)."""
+    import petl
     lr = point.get("lr")
     if not isinstance(lr, dict):
         return None
-    valid = f"lr is a number, or {{{BEST_ON_DEV}: <sweep grid file, relative to {path.parent}>}}"
+    valid = (f"lr is a number, {{{BEST_ON_DEV}: <sweep grid file, relative to {path.parent}>}}, or a rate per "
+             f'variant {{<variant>: <lr>, "*": <lr of every other variant>}}')
+    if BEST_ON_DEV not in lr:
+        unknown = sorted(str(k) for k in lr if k != "*" and k not in petl.PRESETS)
+        if unknown:
+            raise GridError(f"{path}: lr {lr!r}: unknown key(s) {unknown}; {valid}")
+        return None
     unknown = sorted(map(str, set(lr) - {BEST_ON_DEV}))
-    if unknown or BEST_ON_DEV not in lr:
-        raise GridError(f"{path}: lr {lr!r}: unknown key(s) {unknown or sorted(map(str, lr))}; {valid}")
+    if unknown:
+        raise GridError(f"{path}: lr {lr!r}: unknown key(s) {unknown}; {valid}")
     name = lr[BEST_ON_DEV]
     if not isinstance(name, str) or not name.strip():
         raise GridError(f"{path}: lr {lr!r}: {BEST_ON_DEV} must name a grid file, got {name!r}; {valid}")
@@ -324,7 +337,7 @@ def _choose(where: str, point: dict, sweep_grid: Path, runs_dir: Path, resolver:
         points = read_grid(sweep_grid)
     except GridError as e:
         raise GridError(f"{where}: lr: {{{BEST_ON_DEV}: ...}} names a grid that cannot be used: {e}") from None
-    chained = [p for p in points if isinstance(p.get("lr"), dict)]
+    chained = [p for p in points if chosen_on_dev(p.get("lr"))]
     if chained:
         raise GridError(f"{where}: the sweep grid {sweep_grid} chooses its own lr on dev ({chained[0]['lr']!r}); "
                         f"a sweep grid lists its learning rates as numbers (no chaining)")
@@ -678,7 +691,7 @@ EXECUTORS = ("local", "slurm")
 
 def _lists(listed: dict, point: dict) -> bool:
     """Whether a grid file's point `listed` is the planned `point` (whose lr may have been chosen on dev)."""
-    return listed == point or (isinstance(listed.get("lr"), dict) and {**listed, "lr": point.get("lr")} == point)
+    return listed == point or (chosen_on_dev(listed.get("lr")) and {**listed, "lr": point.get("lr")} == point)
 
 
 class _SlurmPoint:

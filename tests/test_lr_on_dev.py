@@ -137,7 +137,7 @@ def test_dry_run_lists_ready_points_first_and_waiting_ones_as_wait(tmp_path, cap
 
 @pytest.mark.parametrize("lr, message", [
     ({"best_on_devv": "lr_sweep.yaml"}, r"lr \{'best_on_devv': 'lr_sweep.yaml'\}: unknown key\(s\) \['best_on_devv'\]; "
-                                        r"lr is a number, or \{best_on_dev: <sweep grid file"),
+                                        r"lr is a number, \{best_on_dev: <sweep grid file"),
     ({"best_on_dev": "lr_sweep.yaml", "by": "dev"}, r"unknown key\(s\) \['by'\]"),
     ({"best_on_dev": 3}, r"best_on_dev must name a grid file, got 3"),
     ({"best_on_dev": "missing.yaml"}, r"names a grid that cannot be used: grid file .*missing.yaml does not exist"),
@@ -158,6 +158,21 @@ def test_best_on_dev_may_be_one_element_of_a_grid_list(tmp_path):
     both = _grid(tmp_path / "both.yaml", {**BASE, "variant": "lora", "seed": 5},
                  {"lr": [5e-5, {"best_on_dev": "lr_sweep.yaml"}]})
     assert [p["lr"] for p, _ in sweep.plan([both], runs_dir=runs_dir)] == [5e-5, 1e-3]
+
+
+def test_a_per_variant_lr_runs_each_variant_at_its_rate_with_the_run_ids_of_those_numbers(tmp_path):
+    """``lr: {full: ..., "*": ...}`` is an ordinary lr (no sweep grid read): the point keeps the mapping, which
+    the notebook resolves for its variant, and its run id is that of the number."""
+    grid = _grid(tmp_path / "mixed.yaml", {**BASE, "lr": {"full": 5.0e-5, "*": 1.0e-3}}, {"variant": ["full", "lora"]})
+    found = sweep.plan([grid], runs_dir=tmp_path / "runs")
+    assert [p["lr"] for p, _ in found] == [{"full": 5.0e-5, "*": 1.0e-3}] * 2 and not found.sources
+    numbers = [sweep.plan([_grid(tmp_path / f"{v}.yaml", {**BASE, "variant": v, "lr": lr})])[0][1]
+               for v, lr in (("full", 5.0e-5), ("lora", 1.0e-3))]
+    assert [rid for _, rid in found] == numbers
+    bad = _grid(tmp_path / "bad.yaml", {**BASE, "lr": {"ful": 5.0e-5, "*": 1.0e-3}}, {"variant": ["full"]})
+    with pytest.raises(sweep.GridError, match=r"lr \{.*'ful': 5e-05.*\}: unknown key\(s\) \['ful'\]; .*"
+                                              r"or a rate per variant"):
+        sweep.plan([bad], runs_dir=tmp_path / "runs")
 
 
 def test_a_sweep_grid_that_chooses_its_own_lr_on_dev_is_refused(tmp_path):

@@ -61,12 +61,32 @@ def test_defaults_come_from_the_cpu_budget_and_table_8():
     assert TrainConfig(overrides={}).resolved().overrides == {}                      # the preset as it is
     assert TrainConfig(variant="lora").resolved().overrides == {}
     assert TrainConfig(variant="full").resolved().lr == 5e-5
+    assert cpu.lr == 1e-4 and TrainConfig(variant="lora").resolved().lr == 1e-3    # the XSum-sized MAM: its own
     paper = TrainConfig(task="sst2", model="roberta-base", variant="lora").resolved()
     assert (paper.max_steps, paper.epochs, paper.lr) == (None, 10, 1e-4)   # Table 8, GLUE row
     xsum = TrainConfig(task="xsum", model="facebook/bart-large").resolved()
     assert (xsum.max_steps, xsum.lr, xsum.label_smoothing, xsum.max_grad_norm) == (100_000, 5e-5, 0.1, 0.1)
     assert (xsum.num_beams, xsum.gen_min_length, xsum.gen_max_length, xsum.no_repeat_ngram_size) == (6, 10, 60, 3)
     assert TrainConfig(max_steps=7).resolved().max_steps == 7
+
+
+def test_a_per_variant_lr_gives_each_variant_its_rate_and_the_run_id_of_that_number():
+    rates = {"full": 5e-5, "*": 1e-3}
+    for variant, lr in (("full", 5e-5), ("lora", 1e-3), ("mam", 1e-3)):
+        mapped, plain = resolve_run(TrainConfig(variant=variant, lr=rates)), resolve_run(TrainConfig(variant=variant, lr=lr))
+        assert mapped.train.lr == lr and mapped.run_id == plain.run_id
+        assert mapped.record_config() == plain.record_config()
+
+
+@pytest.mark.parametrize("lr, match", [
+    ({"lorra": 1e-3, "*": 1e-3}, r"unknown variant\(s\) lorra; a per-variant lr is \{variant: lr, \"\*\": lr of every other"),
+    ({"lora": 0, "*": 1e-3}, r"the rate of lora is not a positive number"),
+    ({"lora": "fast", "*": 1e-3}, r"the rate of lora is not a positive number"),
+    ({"full": 5e-5}, r"gives no rate for variant 'lora': add it or \"\*\""),
+])
+def test_a_bad_per_variant_lr_is_refused_naming_what_is_valid(lr, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(variant="lora", lr=lr).validate()
 
 
 def test_all_lifts_the_budgets_cap_on_a_split():

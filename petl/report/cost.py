@@ -80,7 +80,7 @@ def protocol_cost(protocol_dir: str | os.PathLike | None = None, directory: str 
     records of the same task and model on that device, scaled by steps (grid's max_steps / the records'): a rough
     guide, since dev and test decoding do not scale with steps; '' where no record of the task ran there."""
     from petl.report.selection import grid_runs
-    from petl.sweep import grid_files, read_grid
+    from petl.sweep import chosen_on_dev, grid_files, read_grid
     protocol_dir = Path(protocol_dir or ROOT / "book" / "protocol")
     runs = load_runs(Path(directory or runs_dir()))
     rows, grids = [], {}
@@ -95,7 +95,7 @@ def protocol_cost(protocol_dir: str | os.PathLike | None = None, directory: str 
         counted = [p for p in points if not _is_sweep_run(p, path, read)]
         sel = grid_runs(str(path), directory=directory)
         done = {rid for rid in sel.runs["run_id"]} if not sel.runs.empty else set()
-        sweeps = {path.parent / p["lr"]["best_on_dev"] for p in points if isinstance(p.get("lr"), dict)}
+        sweeps = {path.parent / p["lr"]["best_on_dev"] for p in points if chosen_on_dev(p.get("lr"))}
         in_sweeps = {rid for sweep in sweeps for _, _, rid in grid_runs(str(sweep), directory=directory).planned}
         have = sum(1 for _, _, rid in sel.planned if isinstance(rid, str) and rid in done and rid not in in_sweeps)
         todo = len(counted) - have
@@ -116,10 +116,10 @@ def _is_sweep_run(point: dict, grid: Path, read=None) -> bool:
     """Whether a stage-2 point is one of its stage-1 sweep's runs: its lr is chosen on dev there and the sweep has
     a point equal to it in everything but the lr (seed 0 at the paper's size, typically). `read`: how a grid file
     is read (default `petl.sweep.read_grid`)."""
-    from petl.sweep import read_grid
+    from petl.sweep import chosen_on_dev, read_grid
     read = read or read_grid
     lr = point.get("lr")
-    if not (isinstance(lr, dict) and "best_on_dev" in lr):
+    if not chosen_on_dev(lr):
         return False
     rest = {k: v for k, v in point.items() if k != "lr"}
     return any({k: v for k, v in p.items() if k != "lr"} == rest for p in read(grid.parent / lr["best_on_dev"]))

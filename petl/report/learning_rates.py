@@ -33,14 +33,14 @@ def lr_sweeps(*grids, directory=None) -> pd.DataFrame:
     whether every seed learned (`learned`, as a verdict's learning check: True, False, or None while a seed has
     no record; a failed run did not learn), its run ids, and whether it is the rate chosen. A method appears once
     however many seeds its grid lists."""
-    from petl.sweep import read_grid
+    from petl.sweep import chosen_on_dev, read_grid
     rows = []
     for grid in grids:
         path, seen = grid_path(grid), set()
         for point in read_grid(path):
             lr = point.get("lr")
             key = repr(sorted((k, repr(v)) for k, v in point.items() if k != "seed"))
-            if not (isinstance(lr, dict) and "best_on_dev" in lr) or key in seen:
+            if not chosen_on_dev(lr) or key in seen:
                 continue
             seen.add(key)
             sweep = path.parent / lr["best_on_dev"]

@@ -238,7 +238,8 @@ class GridRuns:
 
 def _described(point: dict) -> dict:
     """A point as `pending` names it: without an lr that is not chosen yet (a best_on_dev mapping)."""
-    return {k: v for k, v in point.items() if not (k == "lr" and isinstance(v, dict))}
+    from petl.sweep import chosen_on_dev
+    return {k: v for k, v in point.items() if not (k == "lr" and chosen_on_dev(v))}
 
 
 def _varying(points: list[dict]) -> set[str]:
