@@ -66,19 +66,32 @@ def copy_record(task: str = "en-ro-l10n", n_examples: int = 1000, n_dev: int = C
                 validation_examples=n_val, validation=validation, examples={"test": n_test})
 
 
-def majority_record(task: str) -> dict:
-    """Always answering the commonest training label, scored on all of test and of dev (the 'learned' bar of
-    petl.report.verdict is on dev)."""
+def majority_record(task: str, n_test: int | None = None, n_dev: int | None = None) -> dict:
+    """Always answering the commonest training label, scored on all of test and of dev, or on their first
+    ``n_test`` / ``n_dev`` examples (the 'learned' bar of petl.report.verdict is on dev)."""
     data = tasks.load_task(task)
     common, _ = Counter(data["train"]["label"]).most_common(1)[0]
 
     def accuracy(labels):                                             # 0-100, as the metrics
         return dict(accuracy=100.0 * sum(y == common for y in labels) / len(labels))
 
-    test, dev = data["test"]["label"], data["validation"]["label"]
+    test, dev = data["test"]["label"][:n_test], data["validation"]["label"][:n_dev]
     return dict(name=f"{task}-majority", task=task, kind="majority-class", test_examples=len(test),
                 test=accuracy(test), validation_examples=len(dev), validation=accuracy(dev),
                 examples={"test": len(test)})
+
+
+def on_examples(task: str, num_examples: dict) -> dict:
+    """The task's no-training baseline scored on the very examples a run was scored on (its metrics'
+    ``num_examples``: the first n of each split): the majority class for classification, LEAD-1 for
+    summarization, copying the source for translation. A record as the others, not written anywhere."""
+    spec = tasks.get_task(task)
+    n_test, n_dev = num_examples.get("test"), num_examples.get("validation")
+    if spec.kind == "classification":
+        return majority_record(task, n_test, n_dev)
+    if spec.primary_metric == "bleu":
+        return copy_record(task, n_test, n_dev)
+    return lead_record(task, n_test)
 
 
 def write(record: dict, runs_dir: str | os.PathLike) -> Path:

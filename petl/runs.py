@@ -662,19 +662,24 @@ def load_runs(runs_dir: str | os.PathLike = "runs", include_failed: bool = False
             continue
         if not include_superseded and superseded(config):
             continue
-        row = {"run_id": config["run_id"], "path": str(rec), "computation": config.get("computation", 1)}
-        row.update(_flatten(config["train"]))
-        row.update(_flatten(config["petl"], "petl."))
-        row.update(_flatten(config.get("device", {}), "device."))
-        for key in ("device", "git", "versions"):
-            if isinstance(config.get(key), dict):
-                row.update(_flatten(config[key], key + "."))
-        row.update(_flatten({k: v for k, v in metrics.items() if k != "history"}))
-        rows.append(row)
+        rows.append(_row(rec, config, metrics))
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values("run_id").reset_index(drop=True)
     return df
+
+
+def _row(path: Path, config: dict, metrics: dict) -> dict:
+    """One record as a row of `load_runs`."""
+    row = {"run_id": config["run_id"], "path": str(path), "computation": config.get("computation", 1)}
+    row.update(_flatten(config["train"]))
+    row.update(_flatten(config["petl"], "petl."))
+    row.update(_flatten(config.get("device", {}), "device."))
+    for key in ("device", "git", "versions"):
+        if isinstance(config.get(key), dict):
+            row.update(_flatten(config[key], key + "."))
+    row.update(_flatten({k: v for k, v in metrics.items() if k != "history"}))
+    return row
 
 
 def record_status(runs_dir: str | os.PathLike, rid: str) -> str | None:
@@ -716,6 +721,12 @@ class RunRecord:
         import pandas as pd
         f = self.path / "history.csv"
         return pd.read_csv(f) if f.exists() else pd.DataFrame()
+
+    @property
+    def row(self):
+        """The record as its row of `load_runs` (a pandas Series: ``task``, ``seed``, ``dev.accuracy``, ...)."""
+        import pandas as pd
+        return pd.Series(_row(self.path, self.config, self.metrics))
 
     @property
     def weights_path(self) -> Path | None:

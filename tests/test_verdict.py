@@ -266,3 +266,42 @@ def test_the_protocol_cost_counts_a_stage_2_seed_0_once(tmp_path):
     assert float(table.loc["a.yaml", "GPU minutes left"]) == pytest.approx(2 * per_point / 60, abs=0.05)
     assert table.loc["a.yaml", "CPU hours left"] == ""        # no CPU record of the task in this runs folder
     assert table.loc["the whole protocol", "CPU hours left"] == "0.0 + grids without an estimate"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One run beside its task's baseline (the training notebook's result table)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _copy_record(tmp_path: Path, name: str, **metrics) -> "runs.RunRecord":
+    from petl import runs
+    folder = tmp_path / name
+    shutil.copytree(ROOT / "runs" / name, folder, ignore=shutil.ignore_patterns("weights"))
+    m = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**m, **metrics}))
+    return runs.RunRecord.load(folder)
+
+
+@pytest.mark.needs_assets("rt-polarity")
+def test_a_run_is_shown_beside_the_majority_class_on_its_own_dev_examples_and_said_to_have_learned_or_not(tmp_path):
+    from petl import baselines
+    name = "rt-polarity_minilm_mam_seed0_150steps_ea4fd28a"       # the notebook's default: 500 of 1,000 dev sentences
+    learned = _copy_record(tmp_path, name)
+    table, sentence = verdict.beside_baseline(learned)
+    majority_500 = baselines.majority_record("rt-polarity", None, 500)["validation"]["accuracy"]
+    assert majority_500 != baselines.majority_record("rt-polarity")["validation"]["accuracy"]   # not all of dev
+    assert list(table.index) == ["dev", "test", "majority-class dev", "majority-class test"]
+    assert table.loc["majority-class dev", "accuracy"] == majority_500
+    assert table.loc["dev", "best_step"] == learned.metrics["best_step"]
+    assert sentence == f"learned: dev.accuracy {learned.metrics['dev']['accuracy']:.1f} > rt-polarity-majority {majority_500:.1f} + 10"
+    _, sentence = verdict.beside_baseline(_copy_record(tmp_path / "stuck", name, dev={"accuracy": majority_500 + 9.0}))
+    assert sentence == (f"did not learn (the book's verdicts leave such a run out): dev.accuracy {majority_500 + 9:.1f}, "
+                        f"not above {majority_500 + 10:.1f} (rt-polarity-majority {majority_500:.1f} + 10)")
+
+
+@pytest.mark.needs_assets("ro-l10n")
+def test_a_translation_run_below_copying_the_source_did_not_learn():
+    from petl import runs
+    record = runs.RunRecord.load(ROOT / "runs" / "en-ro-l10n_smollm2-135m_mam_seed0_72steps_5d3b0a3a")
+    table, sentence = verdict.beside_baseline(record)
+    assert list(table.index) == ["dev", "test", "copy-source dev", "copy-source test"]
+    assert sentence.startswith("did not learn") and "test.bleu 8.4, not above 18.7 (en-ro-l10n-copy-200 18.7)" in sentence

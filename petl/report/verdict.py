@@ -194,6 +194,30 @@ def not_learned(run: pd.Series, directory=None, baselines: list | None = None) -
     return problems
 
 
+def beside_baseline(record) -> tuple[pd.DataFrame, str]:
+    """One run record (`petl.runs.RunRecord`) as the training notebook shows it: its dev (best step) and test
+    metrics, its task's extra test sets, and the task's no-training baseline on the very same examples
+    (`petl.baselines.on_examples`) as rows below them; and a sentence saying whether it learned by the rule the
+    book's verdicts use (`not_learned`: classification 10 points above the majority class on dev, generation
+    above lead-1 / copying the source on every test split)."""
+    from petl import baselines
+    m = record.metrics
+    base = baselines.on_examples(record.config["train"]["task"], m["num_examples"])
+    rows = {"dev": m["dev"], "test": m["test"], **{k: v for k, v in m.items() if k.startswith("test_")}}
+    for split, scores in (("dev", base.get("validation")), *((k, v) for k, v in base.items() if k.startswith("test"))):
+        if isinstance(scores, dict):
+            rows[f"{base['kind']} {split}"] = scores
+    table = pd.DataFrame(rows).T
+    table["best_step"] = [m["best_step"] if k in ("dev", "test") or k.startswith("test_") else "" for k in table.index]
+    problems = not_learned(record.row, baselines=[base])
+    if not problems:
+        bars = ", ".join(f"{col} {record.row[col]:.1f} > {name} {value:.1f}" + (f" + {margin:g}" if margin else "")
+                         for col, name, value, margin in learning_bar(record.row, baselines=[base]))
+        return table, f"learned: {bars}"
+    return table, "did not learn (the book's verdicts leave such a run out): " + "; ".join(
+        p.split(": ", 1)[1] for p in problems)
+
+
 @dataclasses.dataclass
 class Arm:
     """One arm's records: seed -> value of the compared column, and what the learning check found."""
