@@ -29,11 +29,12 @@ from typing import Any
 # ``lr`` may be a dict: variant -> value, with "*" for every other variant (full fine-tuning needs a far
 # smaller step than the methods that train a few new parameters). A budget never changes what a preset
 # computes: the 'mam' preset holds the XSum sizes (l = 30, r = 512, s = 4) on every task, and 'mam_glue' the
-# released GLUE script's (l = 16, r = 16, s = 2). On MiniLM / rt-polarity the XSum-sized MAM lost its input
-# within this budget at lr 3e-4, 1e-3 and 5e-3 (the spread of its dev inputs' representations fell to ~0.01 of
-# the start by step 20: `trace_every`), and stayed at the majority class; at lr 1e-4 (the paper's Table 8 GLUE
-# rate) it learns: `papermill notebooks/train.ipynb OUT -p variant mam`, the notebook's default, gives test
-# accuracy 78.7 (runs/rt-polarity_minilm_mam_seed0_150steps_ea4fd28a; seeds 1 and 2 in the README).
+# released GLUE script's (l = 16, r = 16, s = 2). On MiniLM / rt-polarity the XSum-sized MAM stayed at the
+# majority class within this budget at lr 3e-4, 1e-3 and 5e-3 (at 1e-3 it lost its input: the spread of its dev
+# inputs' representations fell to 0.23 of the start by step 20, book/grids-traces/rt_mam_default_lr.yaml); at
+# lr 1e-4 (the paper's Table 8 GLUE rate) it learns. So the notebook's default,
+# `papermill notebooks/train.ipynb OUT -p variant mam`, gives test accuracy 78.7
+# (runs/rt-polarity_minilm_mam_seed0_150steps_ea4fd28a; seeds 1 and 2 in the README).
 CPU_BUDGETS: dict[tuple[str, str], dict] = {
     ("rt-polarity", "minilm"): dict(max_steps=150, eval_every=50, max_eval_examples=500,
                                     lr={"full": 5e-5, "mam": 1e-4, "*": 1e-3}),
