@@ -62,6 +62,8 @@ def test_defaults_come_from_the_cpu_budget_and_table_8():
     assert TrainConfig(variant="lora").resolved().overrides == {}
     assert TrainConfig(variant="full").resolved().lr == 5e-5
     assert cpu.lr == 1e-4 and TrainConfig(variant="lora").resolved().lr == 1e-3    # the XSum-sized MAM: its own
+    smol = dict(task="bbc-xsum", model="smollm2-135m")
+    assert TrainConfig(**smol).resolved().lr == 3e-4 and TrainConfig(variant="lora", **smol).resolved().lr == 1e-3
     paper = TrainConfig(task="sst2", model="roberta-base", variant="lora").resolved()
     assert (paper.max_steps, paper.epochs, paper.lr) == (None, 10, 1e-4)   # Table 8, GLUE row
     xsum = TrainConfig(task="xsum", model="facebook/bart-large").resolved()
