@@ -157,8 +157,8 @@ class TrainConfig:
         for key, v in budget.items():
             if key in ("max_steps", "epochs") and explicit_budget:
                 continue
-            if isinstance(v, dict):
-                v = lr_for(v, self.variant) if key == "lr" else v.get(self.variant, v["*"])
+            if key == "lr" and isinstance(v, dict):     # the one per-variant value of a budget
+                v = lr_for(v, self.variant)
             if values.get(key) is None:
                 values[key] = v
         # Table 8 (task spec .train) for the optimisation settings, the task's generation defaults.

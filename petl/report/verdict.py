@@ -201,22 +201,19 @@ def beside_baseline(record) -> tuple[pd.DataFrame, str]:
     book's verdicts use (`not_learned`: classification 10 points above the majority class on dev, generation
     above lead-1 / copying the source on every test split)."""
     from petl import baselines
-    m = record.metrics
-    base = baselines.on_examples(record.config["train"]["task"], m["num_examples"])
-    rows = {"dev": m["dev"], "test": m["test"], **{k: v for k, v in m.items() if k.startswith("test_")}}
-    for split, scores in (("dev", base.get("validation")), *((k, v) for k, v in base.items() if k.startswith("test"))):
-        if isinstance(scores, dict):
-            rows[f"{base['kind']} {split}"] = scores
-    table = pd.DataFrame(rows).T
-    table["best_step"] = [m["best_step"] if k in ("dev", "test") or k.startswith("test_") else "" for k in table.index]
-    problems = not_learned(record.row, baselines=[base])
-    if not problems:
-        bars = ", ".join(f"{col} {record.row[col]:.1f} > {name} {value:.1f}" + (f" + {margin:g}" if margin else "")
-                         for col, name, value, margin in learning_bar(record.row, baselines=[base]))
-        return table, f"learned: {bars}"
-    return table, "did not learn (the book's verdicts leave such a run out): " + "; ".join(
-        p.split(": ", 1)[1] for p in problems)
-
+    m, row = record.metrics, record.row
+    base = baselines.on_examples(row["task"], m["num_examples"])
+    ran = {"dev": m["dev"], "test": m["test"], **{k: v for k, v in m.items() if k.startswith("test_")}}
+    reference = {f"{base['kind']} {'dev' if split == 'validation' else split}": base[split]
+                 for split in ("validation", *base["examples"]) if isinstance(base.get(split), dict)}
+    table = pd.DataFrame({**ran, **reference}).T
+    table["best_step"] = [m["best_step"] if k in ran else "" for k in table.index]
+    problems = not_learned(row, baselines=[base])
+    if problems:
+        return table, "did not learn (the book's verdicts leave such a run out): " + "; ".join(
+            p.split(": ", 1)[1] for p in problems)
+    return table, "learned: " + ", ".join(f"{col} {row[col]:.1f} > {name} {value:.1f}" + (f" + {margin:g}" if margin else "")
+                                          for col, name, value, margin in learning_bar(row, baselines=[base]))
 
 @dataclasses.dataclass
 class Arm:
