@@ -87,3 +87,39 @@ def test_traced_runs_reads_the_traces_folder_and_names_runs_by_what_differs(tmp_
     assert table["learned"].tolist() == [True, True, False, True]
     assert table.loc[2, "why"].startswith("seed 3: dev.accuracy 58.6, not above")
     assert traces.traced_runs(str(grid), directory=tmp_path / "elsewhere").empty  # no traces folder: no run
+
+
+@pytest.mark.needs_assets("rt-polarity")
+def test_a_traced_run_on_part_of_dev_is_judged_against_the_majority_of_those_sentences(tmp_path):
+    """The notebook's default budget scores dev on its first 500 sentences; runs/baselines holds the majority of
+    all 1,000, which sets no bar there, so the table scores the majority class on those 500 itself."""
+    import json
+    import shutil
+
+    from petl import baselines, sweep
+    from petl.report.selection import ROOT
+    template = ROOT / "runs" / "rt-polarity_minilm_mam_seed0_150steps_ea4fd28a"  # 500 dev sentences
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("fixed: {variant: mam, trace_every: 10, task: rt-polarity, model: minilm, max_steps: 150,\n"
+                    "        eval_every: 50, bf16: false, max_eval_examples: 500, seed: 0}\n"
+                    "grid:\n  lr: [1.0e-4, 1.0e-3]\n")
+    majority_500 = baselines.majority_record("rt-polarity", None, 500)["validation"]["accuracy"]
+    runs = tmp_path / "runs"
+    for point, rid in sweep.plan([str(grid)]):
+        config = json.loads((template / "config.json").read_text())
+        metrics = json.loads((template / "metrics.json").read_text())
+        assert metrics["num_examples"]["validation"] == 500
+        config["run_id"] = rid
+        config["train"].update(lr=point["lr"], trace_every=10)
+        metrics["dev"] = {"accuracy": majority_500 if point["lr"] == 1.0e-3 else majority_500 + 20}
+        folder = runs / traces.FOLDER / rid
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    (runs / "baselines").mkdir()
+    shutil.copy(ROOT / "runs" / "baselines" / "rt-polarity-majority.json", runs / "baselines")  # all 1,000
+    table = traces.traced_runs(str(grid), directory=runs)
+    assert table["name"].tolist() == ["lr 0.0001, seed 0", "lr 0.001, seed 0"]
+    assert table["learned"].tolist() == [True, False]
+    assert table.loc[1, "why"] == (f"seed 0: dev.accuracy {majority_500:.1f}, not above {majority_500 + 10:.1f} "
+                                   f"(rt-polarity-majority {majority_500:.1f} + 10)")

@@ -1,6 +1,7 @@
 """Traced runs (book/grids-traces/, records in runs/traces/): what `petl.inspect.trace` logged while a run trained,
 the gate λ of Eq. 7 at each prefix layer and the spread of 64 dev sentences' representations after each layer,
-beside whether the run learned (`petl.report.verdict.not_learned`: dev above the majority class + 10).
+beside whether the run learned (`petl.report.verdict.not_learned`: dev above the majority class + 10, the majority
+of the very dev examples the run was scored on, from runs/baselines or else computed from the data).
 
 Tracing changes neither what a run computes nor its run id, so a traced run is a rerun of a point of runs/ (or a
 new point) kept in its own folder; the provenance appendix pairs the reruns with runs/."""
@@ -14,7 +15,8 @@ import pandas as pd
 
 from petl.report.plots import _no_data
 from petl.report.selection import baseline_records, grid_runs, runs_dir
-from petl.report.verdict import not_learned
+from petl import baselines
+from petl.report.verdict import learning_bar, not_learned
 
 #: The folder of runs/ that holds the traced runs.
 FOLDER = "traces"
@@ -33,12 +35,20 @@ def traced_runs(*grids, directory: str | os.PathLike | None = None) -> pd.DataFr
     if sel.runs.empty:
         return pd.DataFrame(columns=columns)
     rows = []
-    baselines: dict[str, list] = {}
+    recorded: dict[str, list] = {}
+    computed: dict[tuple, dict] = {}
     for _, run in sel.runs.iterrows():
         task = run["task"]
-        if task not in baselines:
-            baselines[task] = baseline_records(task, base)
-        why = not_learned(run, base, baselines[task])
+        if task not in recorded:
+            recorded[task] = baseline_records(task, base)
+        why = not_learned(run, base, recorded[task])
+        if why and not learning_bar(run, base, recorded[task]):     # no record on these examples: score it here
+            sizes = {split: int(run[f"num_examples.{split}"]) for split in ("test", "validation")
+                     if pd.notna(run.get(f"num_examples.{split}"))}
+            key = (task, *sorted(sizes.items()))
+            if key not in computed:
+                computed[key] = baselines.on_examples(task, sizes)
+            why = not_learned(run, base, [computed[key]])
         metric = run["primary_metric"]
         rows.append({"run_id": run["run_id"], "seed": int(run["seed"]), "lr": run["lr"], "warmup": run["warmup"],
                      "max_steps": int(run["max_steps"]), "dev": run[f"dev.{metric}"], "test": run[f"test.{metric}"],
