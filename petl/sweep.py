@@ -299,16 +299,17 @@ def _lr_source(path: Path, point: dict) -> Path | None:
     """The sweep grid a point's ``lr: {best_on_dev: FILE}`` names (FILE relative to the folder of `path`), or None
     for an ordinary lr: a number, or a mapping of variants to rates (``{full: 5.0e-5, "*": 1.0e-3}``, which the
     notebook resolves for the point's variant: `petl.train_config.lr_for`)."""
-    import petl
+    from petl.train_config import check_per_variant_lr
     lr = point.get("lr")
     if not isinstance(lr, dict):
         return None
     valid = (f"lr is a number, {{{BEST_ON_DEV}: <sweep grid file, relative to {path.parent}>}}, or a rate per "
              f'variant {{<variant>: <lr>, "*": <lr of every other variant>}}')
     if BEST_ON_DEV not in lr:
-        unknown = sorted(str(k) for k in lr if k != "*" and k not in petl.PRESETS)
-        if unknown:
-            raise GridError(f"{path}: lr {lr!r}: unknown key(s) {unknown}; {valid}")
+        try:
+            check_per_variant_lr(lr)
+        except ValueError as e:
+            raise GridError(f"{path}: {e}; or {valid}") from None
         return None
     unknown = sorted(map(str, set(lr) - {BEST_ON_DEV}))
     if unknown:

@@ -245,22 +245,31 @@ def valid_names() -> dict[str, list[str]]:
     return {"variant": sorted(petl.PRESETS), "task": list(tasks.TASKS), "model": list(models.MODELS)}
 
 
-def lr_for(rates: dict, variant: str) -> float:
-    """The learning rate of `variant` in a per-variant mapping ``{variant: lr, "*": lr of every other}`` (a
-    `TrainConfig.lr` or a CPU budget's), so that one grid can run full fine-tuning and the methods each at its own
-    rate. ValueError names a key that is not a variant, a rate that is not a positive number, or a missing one."""
+def check_per_variant_lr(rates: dict) -> None:
+    """ValueError naming a key of a per-variant lr ``{variant: lr, "*": lr of every other}`` that is not a variant,
+    or a rate that is not a positive number."""
     import petl
-    valid = f'{{variant: lr, "*": lr of every other variant}}, variants from petl.PRESETS'
     unknown = sorted(str(k) for k in rates if k != "*" and k not in petl.PRESETS)
     if unknown:
-        raise ValueError(f"lr {rates!r}: unknown variant(s) {', '.join(unknown)}; a per-variant lr is {valid}")
+        raise ValueError(f"lr {rates!r}: unknown variant(s) {', '.join(unknown)}; a per-variant lr is {PER_VARIANT_LR}")
     bad = {k: v for k, v in rates.items()
            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0}
     if bad:
         raise ValueError(f"lr {rates!r}: the rate of {', '.join(map(str, bad))} is not a positive number; "
-                         f"a per-variant lr is {valid}")
+                         f"a per-variant lr is {PER_VARIANT_LR}")
+
+
+#: What a per-variant lr is, for the messages that refuse one.
+PER_VARIANT_LR = '{variant: lr, "*": lr of every other variant}, variants from petl.PRESETS'
+
+
+def lr_for(rates: dict, variant: str) -> float:
+    """The learning rate of `variant` in a per-variant mapping ``{variant: lr, "*": lr of every other}`` (a
+    `TrainConfig.lr` or a CPU budget's), so that one grid can run full fine-tuning and the methods each at its own
+    rate. ValueError names a key that is not a variant, a rate that is not a positive number, or a missing one."""
+    check_per_variant_lr(rates)
     if variant not in rates and "*" not in rates:
-        raise ValueError(f"lr {rates!r} gives no rate for variant {variant!r}: add it or \"*\" ({valid})")
+        raise ValueError(f"lr {rates!r} gives no rate for variant {variant!r}: add it or \"*\" ({PER_VARIANT_LR})")
     return rates.get(variant, rates.get("*"))
 
 

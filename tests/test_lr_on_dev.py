@@ -136,8 +136,8 @@ def test_dry_run_lists_ready_points_first_and_waiting_ones_as_wait(tmp_path, cap
 
 
 @pytest.mark.parametrize("lr, message", [
-    ({"best_on_devv": "lr_sweep.yaml"}, r"lr \{'best_on_devv': 'lr_sweep.yaml'\}: unknown key\(s\) \['best_on_devv'\]; "
-                                        r"lr is a number, \{best_on_dev: <sweep grid file"),
+    ({"best_on_devv": "lr_sweep.yaml"}, r"lr \{'best_on_devv': 'lr_sweep.yaml'\}: unknown variant\(s\) best_on_devv; .*"
+                                        r"or lr is a number, \{best_on_dev: <sweep grid file"),
     ({"best_on_dev": "lr_sweep.yaml", "by": "dev"}, r"unknown key\(s\) \['by'\]"),
     ({"best_on_dev": 3}, r"best_on_dev must name a grid file, got 3"),
     ({"best_on_dev": "missing.yaml"}, r"names a grid that cannot be used: grid file .*missing.yaml does not exist"),
@@ -170,9 +170,12 @@ def test_a_per_variant_lr_runs_each_variant_at_its_rate_with_the_run_ids_of_thos
                for v, lr in (("full", 5.0e-5), ("lora", 1.0e-3))]
     assert [rid for _, rid in found] == numbers
     bad = _grid(tmp_path / "bad.yaml", {**BASE, "lr": {"ful": 5.0e-5, "*": 1.0e-3}}, {"variant": ["full"]})
-    with pytest.raises(sweep.GridError, match=r"lr \{.*'ful': 5e-05.*\}: unknown key\(s\) \['ful'\]; .*"
+    with pytest.raises(sweep.GridError, match=r"bad.yaml: lr \{.*'ful': 5e-05.*\}: unknown variant\(s\) ful; .*"
                                               r"or a rate per variant"):
         sweep.plan([bad], runs_dir=tmp_path / "runs")
+    zero = _grid(tmp_path / "zero.yaml", {**BASE, "lr": {"full": 0, "*": 1.0e-3}}, {"variant": ["lora"]})
+    with pytest.raises(sweep.GridError, match=r"zero.yaml: lr .*: the rate of full is not a positive number"):
+        sweep.plan([zero], runs_dir=tmp_path / "runs")           # refused when planned, not when the point runs
 
 
 def test_a_sweep_grid_that_chooses_its_own_lr_on_dev_is_refused(tmp_path):
