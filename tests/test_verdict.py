@@ -8,6 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from petl import sweep
@@ -116,6 +117,20 @@ def test_a_verdict_table_row_from_records(tmp_path):
     greater = verdict.verdict_table("CX", _claims(tmp_path, grid, "greater"), directory=runs).iloc[0]
     assert greater["verdict"] == "disagrees"                  # LoRA below full in every seed
     assert verdict.claim_verdict(table) == "agrees"
+
+
+def test_a_claims_verdict_counts_its_comparisons_verdicts():
+    """'mixed' says how the comparisons split, so the introduction's page does not hide the pending ones."""
+    def verdicts(*rows):
+        return pd.DataFrame({"verdict": list(rows)})
+    assert verdict.claim_verdict(verdicts("agrees", "agrees")) == "agrees"
+    assert verdict.claim_verdict(verdicts("disagrees")) == "disagrees"
+    assert verdict.claim_verdict(verdicts(
+        "agrees", "undecided at n = 5 (...)", "disagrees", "did not learn: prefix (l=16) (...)",
+        "pending: 0 of 10 points have a record", "pending: 0 of 10 points have a record")) == (
+        "mixed: 1 agrees, 1 undecided, 1 disagrees, 1 did not learn, 2 pending")
+    assert verdict.claim_verdict(verdicts("agrees", "pending: 3 of 6 points have a record")) == (
+        "not decided (1 agrees, 1 pending)")
 
 
 def test_the_paper_column_keeps_the_papers_digits():

@@ -347,18 +347,17 @@ def verdict_table(claim_id: str, path: str | Path = CLAIMS, directory=None, spec
 
 
 def claim_verdict(table: pd.DataFrame) -> str:
-    """One word for a claim from its comparisons' verdicts: agrees / disagrees only when every comparison does,
-    'mixed' when they split, else the count of comparisons still pending or undecided."""
+    """A claim's verdict from its comparisons': agrees / disagrees only when every comparison does; 'mixed' when
+    decided ones split, with the count of each verdict ('mixed: 1 agrees, 1 disagrees, 4 pending'); else 'not
+    decided' with the same counts."""
     verdicts = [v.split(":")[0].split(" at ")[0] for v in table["verdict"]]
     if verdicts and all(v == "agrees" for v in verdicts):
         return "agrees"
     if verdicts and all(v == "disagrees" for v in verdicts):
         return "disagrees"
-    decided = [v for v in verdicts if v in ("agrees", "disagrees")]
-    if len(set(decided)) > 1:
-        return "mixed"
-    counts = pd.Series(verdicts).value_counts()
-    return "not decided (" + ", ".join(f"{n} {what}" for what, n in counts.items()) + ")"
+    counts = ", ".join(f"{n} {what}" for what, n in pd.Series(verdicts).value_counts(sort=False).items())
+    decided = {v for v in verdicts if v in ("agrees", "disagrees")}
+    return f"mixed: {counts}" if len(decided) > 1 else f"not decided ({counts})"
 
 
 def verdict_summary(path: str | Path = CLAIMS, directory=None) -> pd.DataFrame:
