@@ -248,6 +248,10 @@ def valid_names() -> dict[str, list[str]]:
     return {"variant": sorted(petl.PRESETS), "task": list(tasks.TASKS), "model": list(models.MODELS)}
 
 
+#: What a per-variant lr is, for the messages that refuse one.
+PER_VARIANT_LR = '{variant: lr, "*": lr of every other variant}, variants from petl.PRESETS'
+
+
 def check_per_variant_lr(rates: dict) -> None:
     """ValueError naming a key of a per-variant lr ``{variant: lr, "*": lr of every other}`` that is not a variant,
     or a rate that is not a positive number."""
@@ -260,10 +264,6 @@ def check_per_variant_lr(rates: dict) -> None:
     if bad:
         raise ValueError(f"lr {rates!r}: the rate of {', '.join(map(str, bad))} is not a positive number; "
                          f"a per-variant lr is {PER_VARIANT_LR}")
-
-
-#: What a per-variant lr is, for the messages that refuse one.
-PER_VARIANT_LR = '{variant: lr, "*": lr of every other variant}, variants from petl.PRESETS'
 
 
 def lr_for(rates: dict, variant: str) -> float:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from petl import baselines
 from petl.report.plots import _no_data
 from petl.report.selection import baseline_records, grid_runs, runs_dir
-from petl import baselines
 from petl.report.verdict import learning_bar, not_learned
 
 #: The folder of runs/ that holds the traced runs.
@@ -41,14 +41,15 @@ def traced_runs(*grids, directory: str | os.PathLike | None = None) -> pd.DataFr
         task = run["task"]
         if task not in recorded:
             recorded[task] = baseline_records(task, base)
-        why = not_learned(run, base, recorded[task])
-        if why and not learning_bar(run, base, recorded[task]):     # no record on these examples: score it here
+        candidates = recorded[task]
+        if not learning_bar(run, base, candidates):                 # no record on these examples: score it here
             sizes = {split: int(run[f"num_examples.{split}"]) for split in ("test", "validation")
                      if pd.notna(run.get(f"num_examples.{split}"))}
             key = (task, *sorted(sizes.items()))
             if key not in computed:
                 computed[key] = baselines.on_examples(task, sizes)
-            why = not_learned(run, base, [computed[key]])
+            candidates = [computed[key]]
+        why = not_learned(run, base, candidates)
         metric = run["primary_metric"]
         rows.append({"run_id": run["run_id"], "seed": int(run["seed"]), "lr": run["lr"], "warmup": run["warmup"],
                      "max_steps": int(run["max_steps"]), "dev": run[f"dev.{metric}"], "test": run[f"test.{metric}"],
