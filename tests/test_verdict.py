@@ -283,6 +283,28 @@ def test_the_protocol_cost_counts_a_stage_2_seed_0_once(tmp_path):
     assert table.loc["the whole protocol", "CPU hours left"] == "0.0 + grids without an estimate"
 
 
+def test_the_protocol_cost_scales_training_by_steps_and_evaluation_by_the_examples_and_beams_evaluated():
+    from petl.report import cost
+    record = {"task": "bbc-xsum", "model": "smollm2-135m", "variant": "lora", "device.gpu": "NVIDIA H200",
+              "status": "complete", "steps": 400, "eval_every": 200, "num_beams": 4, "eval_num_beams": float("nan"),
+              "batch_size": 8, "max_source_length": 256, "bf16": True, "device.torch_threads": 2,
+              "num_examples.validation": 100, "num_examples.test": 200, "num_examples.test_xsum": 200,
+              "train_time_s": 100.0, "wall_time_s": 160.0}   # 60 s for 2 x 100 dev + 400 test examples, 4 beams each
+    runs = pd.DataFrame([record,
+                         {**record, "batch_size": 16, "train_time_s": 1000.0, "wall_time_s": 5000.0},  # not preferred
+                         {**record, "status": "failed", "train_time_s": 1.0},
+                         {**record, "device.gpu": None, "train_time_s": 4000.0, "wall_time_s": 4600.0}])  # a CPU's
+    point = {"task": "bbc-xsum", "model": "smollm2-135m", "variant": "lora", "seed": 0, "max_steps": 800,
+             "eval_every": 200, "batch_size": 8, "max_source_length": 256, "num_beams": 4, "eval_num_beams": 1,
+             "bf16": True, "max_eval_examples": "all", "max_test_examples": "all", "lr": {"best_on_dev": "x.yaml"}}
+    per_example = 60.0 / (2 * 100 * 4 + 400 * 4)
+    evaluated = 4 * 100 * 1 + (200 + 1001) * 4               # 4 greedy dev evaluations; both test splits whole
+    assert cost._seconds_per_point(runs, point, "gpu") == pytest.approx(2 * 100.0 + evaluated * per_example)
+    cpu = cost._seconds_per_point(runs, point, "cpu")
+    assert cpu == pytest.approx(2 * 4000.0 + evaluated * 600.0 / (2 * 100 * 4 + 400 * 4))
+    assert cost._seconds_per_point(runs, {**point, "task": "en-ro-l10n"}, "gpu") is None
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # One run beside its task's baseline (the training notebook's result table)
 # ---------------------------------------------------------------------------------------------------------------

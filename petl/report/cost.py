@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pandas as pd
 
 from petl.report.selection import ROOT, runs_dir
 from petl.runs import load_runs
+from petl.train_config import task_spec
 
 
 def grid_cost_on_cpu(runs: pd.DataFrame, grid_dir: str | os.PathLike | None = None,
@@ -76,9 +78,9 @@ def protocol_cost(protocol_dir: str | os.PathLike | None = None, directory: str 
                   ) -> pd.DataFrame:
     """What the protocol's grids (book/protocol) still need, per grid file: the points to run (a stage-2 point that
     is one of its stage-1 sweep's points, as seed 0 at the paper's size, is not counted again), how many have a record, and an estimate of the
-    rest's time on the GPU and on 2 CPU cores, run one after another. Each estimate is the median wall time of the
-    records of the same task and model on that device, scaled by steps (grid's max_steps / the records'): a rough
-    guide, since dev and test decoding do not scale with steps; '' where no record of the task ran there."""
+    rest's time on the GPU and on 2 CPU cores, run one after another: training scaled by steps and evaluation by
+    the examples evaluated, from the records of the same task and model on that device (`_seconds_per_point`); a
+    rough guide; '' where no record of the task ran there."""
     from petl.report.selection import grid_runs
     from petl.sweep import chosen_on_dev, grid_files, read_grid
     protocol_dir = Path(protocol_dir or ROOT / "book" / "protocol")
@@ -101,7 +103,8 @@ def protocol_cost(protocol_dir: str | os.PathLike | None = None, directory: str 
         todo = len(counted) - have
         row = {"grid": path.name, "points": len(counted), "with a record": have}
         for device, label, unit in (("gpu", "GPU minutes left", 60), ("cpu", "CPU hours left", 3600)):
-            seconds = _seconds_per_point(runs, points[0], device)
+            each = [_seconds_per_point(runs, p, device) for p in counted]
+            seconds = None if None in each else sum(each) / len(each)    # the mean point of the grid
             row[label] = "" if seconds is None else f"{todo * seconds / unit:.1f}"
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -126,13 +129,71 @@ def _is_sweep_run(point: dict, grid: Path, read=None) -> bool:
 
 
 def _seconds_per_point(runs: pd.DataFrame, point: dict, device: str) -> float | None:
-    """The median wall time of the records of the point's task and model on `device` ('gpu' or 'cpu'), scaled
-    from their steps to the point's max_steps; None without such records."""
-    if runs.empty:
+    """The point's wall time on `device` ('gpu' or 'cpu'), estimated from the complete records of its task and
+    model there: their median training time per step times the point's steps, plus their median time per
+    evaluated example times the point's evaluated examples (every dev evaluation and every test split at the
+    point's sizes; a generated example counts once per beam, see `_evaluated`). Loading the model is folded into
+    the evaluation time. Records closer to the point are preferred while any is left: those of its batch size,
+    source length and bf16; of its kind (full fine-tuning or a method); that had the most threads (a run that
+    shared the cores with another is slower). None without such records."""
+    if runs.empty or "train_time_s" not in runs:
         return None
     gpu = runs["device.gpu"].fillna("").astype(str) != "" if "device.gpu" in runs else pd.Series(False, runs.index)
-    same = runs[(runs["task"] == point["task"]) & (runs["model"] == point["model"]) & (gpu if device == "gpu" else ~gpu)]
+    same = runs[(runs["task"] == point["task"]) & (runs["model"] == point["model"])
+                & (gpu if device == "gpu" else ~gpu) & (runs["status"] == "complete") & runs["train_time_s"].notna()]
     if same.empty:
         return None
-    per_step = (same["wall_time_s"] / same["max_steps"]).median()
-    return per_step * point.get("max_steps", same["max_steps"].median())
+    train = _resolved_train(point)
+    same = _prefer(same, lambda f: (f["batch_size"] == train.batch_size)
+                   & (f["max_source_length"] == train.max_source_length) & (f["bf16"].astype(str) == str(train.bf16)))
+    same = _prefer(same, lambda f: (f["variant"] == "full") == (train.variant == "full"))
+    if "device.torch_threads" in same:
+        same = _prefer(same, lambda f: f["device.torch_threads"] == f["device.torch_threads"].max())
+    spec = task_spec(point["task"])
+    per_step = (same["train_time_s"] / same["steps"]).median()
+    per_example = pd.Series([(r["wall_time_s"] - r["train_time_s"]) / max(_record_evaluated(r, spec), 1)
+                             for _, r in same.iterrows()]).median()
+    sizes = {s: n if cap is None else min(n, cap) for s, n, cap in
+             [(s, spec.splits[s], train.max_eval_examples if s == "validation" else train.max_test_examples)
+              for s in ("validation", "test", *spec.extra_splits)]}
+    beams = train.num_beams or 1
+    evaluated = _evaluated(spec, train.max_steps, train.eval_every, sizes.pop("validation"),
+                           train.eval_num_beams or beams, sizes, beams)
+    return per_step * train.max_steps + per_example * evaluated
+
+
+def _prefer(frame: pd.DataFrame, condition) -> pd.DataFrame:
+    """The rows of `frame` where `condition(frame)` holds, or all of them where it holds for none."""
+    chosen = frame[condition(frame)]
+    return chosen if not chosen.empty else frame
+
+
+def _evaluated(spec, steps: int, eval_every: int, dev: int, dev_beams: int, tests: dict[str, int],
+               test_beams: int) -> float:
+    """The examples a run evaluates: `dev` at every evaluation (each `eval_every` steps and at the last step) and
+    each test split once; for a generation task each counts once per beam (beam search keeps that many sequences)."""
+    evaluations = steps // eval_every + (1 if steps % eval_every else 0)
+    if spec.kind != "generation":
+        dev_beams = test_beams = 1
+    return evaluations * dev * dev_beams + sum(tests.values()) * test_beams
+
+
+def _record_evaluated(row: pd.Series, spec) -> float:
+    """`_evaluated` for a record (a row of `load_runs`), from the sizes it evaluated (its num_examples)."""
+    def number(key, default=0):
+        value = row.get(key)
+        return default if value is None or pd.isna(value) else value
+    beams = int(number("num_beams", 1)) or 1
+    tests = {s: number(f"num_examples.{s}") for s in ("test", *spec.extra_splits)}
+    return _evaluated(spec, int(row["steps"]), int(number("eval_every", row["steps"])),
+                      number("num_examples.validation"), int(number("eval_num_beams", beams)) or beams, tests, beams)
+
+
+def _resolved_train(point: dict):
+    """The point's resolved training settings (a learning rate chosen on dev stands in as a number: the rate
+    changes no cost)."""
+    from petl.train_config import TrainConfig
+    fields = {k: v for k, v in point.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    if isinstance(fields.get("lr"), dict):
+        fields["lr"] = 1e-3
+    return TrainConfig(**fields).resolved()
