@@ -342,3 +342,13 @@ def test_a_translation_run_below_copying_the_source_did_not_learn():
     table, sentence = verdict.beside_baseline(record)
     assert list(table.index) == ["dev", "test", "copy-source dev", "copy-source test"]
     assert sentence.startswith("did not learn") and "test.bleu 8.4, not above 18.7 (en-ro-l10n-copy-200 18.7)" in sentence
+
+
+@pytest.mark.needs_assets("ro-l10n")
+def test_the_notebooks_translation_default_is_the_record_that_passed_copying_the_source():
+    from petl import runs
+    from petl.train_config import TrainConfig, resolve_run
+    default = resolve_run(TrainConfig(variant="mam", task="en-ro-l10n", model="smollm2-135m")).run_id
+    assert default == "en-ro-l10n_smollm2-135m_mam_seed0_150steps_ba6f9241"
+    _, sentence = verdict.beside_baseline(runs.RunRecord.load(ROOT / "runs" / default))
+    assert sentence.startswith("learned") and "test.bleu 22.3" in sentence
