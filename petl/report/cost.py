@@ -104,7 +104,7 @@ def protocol_cost(protocol_dir: str | os.PathLike | None = None, directory: str 
         row = {"grid": path.name, "points": len(counted), "with a record": have}
         for device, label, unit in (("gpu", "GPU minutes left", 60), ("cpu", "CPU hours left", 3600)):
             each = [_seconds_per_point(runs, p, device) for p in counted]
-            seconds = None if None in each else sum(each) / len(each)    # the mean point of the grid
+            seconds = None if None in each else sum(each) / max(len(each), 1)    # the grid's mean point
             row[label] = "" if seconds is None else f"{todo * seconds / unit:.1f}"
         rows.append(row)
     frame = pd.DataFrame(rows)
