@@ -281,6 +281,9 @@ def test_the_protocol_cost_counts_a_stage_2_seed_0_once(tmp_path):
     assert float(table.loc["a.yaml", "GPU minutes left"]) == pytest.approx(2 * per_point / 60, abs=0.05)
     assert table.loc["a.yaml", "CPU hours left"] == ""        # no CPU record of the task in this runs folder
     assert table.loc["the whole protocol", "CPU hours left"] == "0.0 + grids without an estimate"
+    (protocol / "b.yaml").write_text(f"fixed: {{{base}, lr: {{best_on_dev: a_lr.yaml}}}}\ngrid:\n  seed: [0]\n")
+    only_seed_0 = cost.protocol_cost(protocol, runs).set_index("grid").loc["b.yaml"]   # all of it is the sweep's
+    assert (only_seed_0["points"], only_seed_0["GPU minutes left"]) == (0, "0.0")
 
 
 def test_the_protocol_cost_scales_training_by_steps_and_evaluation_by_the_examples_and_beams_evaluated():
